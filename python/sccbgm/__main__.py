@@ -1,0 +1,3 @@
+from sccbgm.cli import main
+
+raise SystemExit(main())
