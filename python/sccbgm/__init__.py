@@ -30,7 +30,10 @@ _LAZY = {
     "SCCBGMError": ("sccbgm.errors", "SCCBGMError"),
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = [
+    "SCCBGMError", "__version__", "edit", "encode", "evaluate", "fit", "load", "metrics", "save",
+    "simulate", "simulate_counterfactual",
+]
 
 if TYPE_CHECKING:
     from sccbgm import metrics

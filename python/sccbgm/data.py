@@ -1,0 +1,250 @@
+"""Input representation (paper D.4) and minibatches drawn from an AnnData.
+
+:class:`InputTransform` maps a cells x genes matrix to the model's input space and back:
+
+1. ``counts`` input (non-negative integers, auto-detected) is library-size normalised to the
+   training cells' median total and log1p-transformed; ``lognorm`` input is used as is;
+2. ``representation="pca"`` (default) projects the log-normalised genes onto the top principal
+   components fitted on the training cells only; ``"genes"`` keeps all genes.
+
+The transform is fitted once and stored in the model, so edits come back in the input's gene
+space (log-normalised). Matrices are processed in chunks of cells: a sparse X stays sparse and is
+densified one chunk / minibatch at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from sccbgm.errors import SCCBGMError
+
+CHUNK = 4096  # cells per chunk when streaming through X
+
+
+def get_matrix(adata: Any, layer: str | None) -> Any:
+    """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent."""
+    if layer is None:
+        if adata.X is None:
+            raise SCCBGMError("adata.X is empty; pass `layer=` to choose the expression matrix.")
+        return adata.X
+    if layer not in adata.layers:
+        raise SCCBGMError(f"layer {layer!r} not found; available layers: {list(adata.layers)}.")
+    return adata.layers[layer]
+
+
+def dense_rows(matrix: Any, rows: np.ndarray | slice) -> np.ndarray:
+    """Rows of a dense / sparse / backed matrix as a float64 dense array (rows, genes)."""
+    block = matrix[rows]
+    if sp.issparse(block):
+        block = block.toarray()
+    return np.asarray(block, dtype=np.float64)
+
+
+def check_values(matrix: Any, *, what: str = "expression matrix") -> bool:
+    """Validate finiteness / non-negativity; return True when every value is an integer (counts)."""
+    n = matrix.shape[0]
+    if n == 0 or matrix.shape[1] == 0:
+        raise SCCBGMError(f"the {what} is empty ({matrix.shape[0]} cells x {matrix.shape[1]} genes).")
+    integer = True
+    for start in range(0, n, CHUNK):
+        block = matrix[start : start + CHUNK]
+        vals = block.data if sp.issparse(block) else np.asarray(block)
+        vals = np.asarray(vals, dtype=np.float64)
+        if not np.isfinite(vals).all():
+            bad = int((~np.isfinite(vals)).sum())
+            raise SCCBGMError(f"the {what} contains {bad} NaN/Inf values; remove or impute them first.")
+        if (vals < 0).any():
+            raise SCCBGMError(
+                f"the {what} contains negative values (min {vals.min():.3g}); sccbgm expects raw "
+                "counts or log-normalised expression. Scaled/centred data (e.g. after sc.pp.scale) "
+                "cannot be used."
+            )
+        if integer and not np.array_equal(vals, np.round(vals)):
+            integer = False
+    return integer
+
+
+@dataclass
+class InputTransform:
+    """Fitted map genes -> model input; stored as arrays plus a small JSON-able header.
+
+    Attributes: ``genes`` (G,), ``input_kind`` ("counts" | "lognorm"), ``target_sum`` (median
+    total counts of the training cells, for counts), ``representation`` ("pca" | "genes"),
+    ``mean`` (G,) and ``components`` (n_pcs, G) of the PCA on log-normalised training cells.
+    """
+
+    genes: list[str]
+    input_kind: Literal["counts", "lognorm"]
+    target_sum: float
+    representation: Literal["pca", "genes"]
+    mean: np.ndarray
+    components: np.ndarray
+
+    @property
+    def n_features(self) -> int:
+        return self.components.shape[0] if self.representation == "pca" else len(self.genes)
+
+    # --------------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        matrix: Any,
+        genes: list[str],
+        *,
+        representation: Literal["pca", "genes"] = "pca",
+        n_pcs: int = 128,
+        input_kind: Literal["auto", "counts", "lognorm"] = "auto",
+    ) -> InputTransform:
+        """Fit on the training cells' matrix (n_cells, G)."""
+        is_int = check_values(matrix)
+        if input_kind == "auto":
+            input_kind = "counts" if is_int else "lognorm"
+        elif input_kind == "counts" and not is_int:
+            raise SCCBGMError("input_kind='counts' but the matrix holds non-integer values.")
+        if representation not in ("pca", "genes"):
+            raise SCCBGMError(f"representation must be 'pca' or 'genes', not {representation!r}.")
+        target_sum = 1.0
+        if input_kind == "counts":
+            totals = np.concatenate(
+                [np.asarray(matrix[s : s + CHUNK].sum(axis=1)).ravel() for s in range(0, matrix.shape[0], CHUNK)]
+            )
+            if (totals == 0).any():
+                raise SCCBGMError(
+                    f"{int((totals == 0).sum())} cells have zero total counts; filter them out first "
+                    "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
+                )
+            target_sum = float(np.median(totals))
+        tr = cls(
+            genes=list(genes),
+            input_kind=input_kind,
+            target_sum=target_sum,
+            representation=representation,
+            mean=np.zeros(len(genes)),
+            components=np.zeros((0, len(genes))),
+        )
+        if representation == "pca":
+            tr.mean, tr.components = _pca(tr, matrix, n_pcs)
+        return tr
+
+    # ------------------------------------------------------------------ transforms
+    def lognorm(self, block: np.ndarray) -> np.ndarray:
+        """Dense raw block (n, G) -> log-normalised expression (n, G)."""
+        if self.input_kind == "counts":
+            totals = block.sum(axis=1, keepdims=True)
+            totals[totals == 0] = 1.0
+            return np.log1p(block / totals * self.target_sum)
+        return block
+
+    def features(self, lognorm: np.ndarray) -> np.ndarray:
+        """Log-normalised (n, G) -> model input (n, n_features), float32."""
+        if self.representation == "pca":
+            return ((lognorm - self.mean) @ self.components.T).astype(np.float32)
+        return lognorm.astype(np.float32)
+
+    def to_genes(self, features: np.ndarray) -> np.ndarray:
+        """Model space (n, n_features) -> log-normalised gene space (n, G), float64."""
+        features = np.asarray(features, dtype=np.float64)
+        if self.representation == "pca":
+            return features @ self.components + self.mean
+        return features
+
+    def iter_chunks(self, matrix: Any, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (row indices, log-normalised dense block) over ``rows`` in chunks."""
+        for s in range(0, rows.size, CHUNK):
+            idx = rows[s : s + CHUNK]
+            yield idx, self.lognorm(dense_rows(matrix, idx))
+
+    # ------------------------------------------------------------- serialisation
+    def header(self) -> dict[str, Any]:
+        return {
+            "genes": self.genes,
+            "input_kind": self.input_kind,
+            "target_sum": self.target_sum,
+            "representation": self.representation,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"transform.mean": self.mean, "transform.components": self.components}
+
+    @classmethod
+    def from_saved(cls, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> InputTransform:
+        return cls(
+            genes=list(header["genes"]),
+            input_kind=header["input_kind"],
+            target_sum=float(header["target_sum"]),
+            representation=header["representation"],
+            mean=np.asarray(arrays["transform.mean"], dtype=np.float64),
+            components=np.asarray(arrays["transform.components"], dtype=np.float64),
+        )
+
+
+def _pca(tr: InputTransform, matrix: Any, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
+    """PCA of the log-normalised training cells from a streamed G x G covariance (no dense copy)."""
+    n, g = matrix.shape
+    k = int(min(n_pcs, g, n - 1))
+    if k < 1:
+        raise SCCBGMError(f"too few cells ({n}) to fit a PCA input transform.")
+    rows = np.arange(n)
+    total = np.zeros(g)
+    gram = np.zeros((g, g))
+    for _, block in tr.iter_chunks(matrix, rows):
+        total += block.sum(axis=0)
+        gram += block.T @ block
+    mean = total / n
+    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
+    evals, evecs = np.linalg.eigh(cov)
+    order = np.argsort(evals)[::-1][:k]
+    components = evecs[:, order].T
+    # deterministic sign: largest-magnitude loading positive
+    signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+    signs[signs == 0] = 1.0
+    return mean, components * signs[:, None]
+
+
+class CellData:
+    """Training/inference view of an AnnData: model inputs, concepts and mask per minibatch.
+
+    With a PCA transform the (n_cells, n_pcs) inputs are computed once in chunks (small); with
+    ``representation="genes"`` each minibatch is densified from X on the fly.
+    """
+
+    def __init__(
+        self,
+        matrix: Any,
+        transform: InputTransform,
+        concepts: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+    ) -> None:
+        self.matrix = matrix
+        self.transform = transform
+        self.n_cells = matrix.shape[0]
+        self.concepts = concepts
+        self.mask = mask
+        self._features: np.ndarray | None = None
+        if transform.representation == "pca":
+            feats = np.empty((self.n_cells, transform.n_features), dtype=np.float32)
+            for idx, block in transform.iter_chunks(matrix, np.arange(self.n_cells)):
+                feats[idx] = transform.features(block)
+            self._features = feats
+
+    def inputs(self, rows: np.ndarray) -> np.ndarray:
+        """Model inputs (len(rows), n_features) float32."""
+        if self._features is not None:
+            return self._features[rows]
+        return self.transform.features(self.transform.lognorm(dense_rows(self.matrix, rows)))
+
+    def batches(
+        self, batch_size: int, rng: np.random.Generator | None = None, drop_last: bool = False
+    ) -> Iterator[np.ndarray]:
+        """Row-index minibatches; shuffled when ``rng`` is given."""
+        order = rng.permutation(self.n_cells) if rng is not None else np.arange(self.n_cells)
+        stop = self.n_cells - (self.n_cells % batch_size if drop_last else 0)
+        for s in range(0, stop, batch_size):
+            idx = order[s : s + batch_size]
+            if idx.size:
+                yield idx

@@ -1,0 +1,211 @@
+"""Counterfactual editing by abduction -> action -> prediction (paper section 2.4).
+
+1. Abduction: z = E_mu(x) (posterior mean), c_hat = f_c(z), u = f_u(z).
+2. Action: on the concept dimensions named in ``set``, c_hat_k <- c'_k. Following the paper,
+   only dimensions whose target differs from the cell's observed label are assigned; a dimension
+   already at its target keeps c_hat_k. Where the label is missing, or the concept column is absent
+   from ``adata.obs``, every named dimension is assigned.
+3. Prediction: x_hat' = D([u, c_hat']) in the model's input space, mapped back to genes.
+
+Two outputs in gene space (log-normalised), chosen by ``residual``:
+
+* ``residual=False`` -- the paper's decoder output: x' = T^-1(D(u, c_hat'));
+* ``residual=True`` (default) -- residual-preserving: x' = x + T^-1(D(u, c_hat')) - T^-1(D(u, c_hat)),
+  i.e. the model's predicted *change* added to the observed cell, so whatever the model cannot
+  explain (its own noise, and everything the PCA drops) is kept. Clipped to >= 0.
+
+The default is residual-preserving because it is more accurate cell by cell on the simulator's
+true counterfactuals and no worse on real held-out populations (README, "Which edit is default").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sccbgm.data import CHUNK, check_values, dense_rows, get_matrix
+from sccbgm.errors import SCCBGMError
+from sccbgm.model import Model
+
+
+def select_cells(adata: Any, cells: Any) -> np.ndarray:
+    """``cells`` (None | bool mask | int indices | obs names) -> sorted-as-given int indices."""
+    n = adata.n_obs
+    if cells is None:
+        idx = np.arange(n)
+    else:
+        arr = np.asarray(cells)
+        if arr.dtype == bool:
+            if arr.shape != (n,):
+                raise SCCBGMError(f"boolean `cells` mask has length {arr.size}, adata has {n} cells.")
+            idx = np.flatnonzero(arr)
+        elif arr.dtype.kind in "iu":
+            idx = arr.astype(np.int64).ravel()
+            if idx.size and (idx.min() < -n or idx.max() >= n):
+                raise SCCBGMError(f"`cells` index out of range for {n} cells.")
+            idx = idx % n
+        else:
+            names = pd.Index(adata.obs_names)
+            pos = names.get_indexer(arr.astype(str).ravel())
+            if (pos < 0).any():
+                missing = arr.astype(str).ravel()[pos < 0][:5].tolist()
+                raise SCCBGMError(f"`cells` names not found in adata.obs_names, e.g. {missing}.")
+            idx = pos
+    if idx.size == 0:
+        raise SCCBGMError("the selection is empty: no cells to process.")
+    return idx
+
+
+def align_genes(adata: Any, genes: Sequence[str]) -> np.ndarray | None:
+    """Column indices of the model's genes in ``adata`` (None when already identical)."""
+    var = pd.Index(adata.var_names.astype(str))
+    if len(var) == len(genes) and (var == pd.Index(genes)).all():
+        return None
+    if var.has_duplicates:
+        raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
+    pos = var.get_indexer(list(genes))
+    missing = int((pos < 0).sum())
+    if missing:
+        example = [g for g, p in zip(genes, pos, strict=True) if p < 0][:5]
+        raise SCCBGMError(
+            f"the data lack {missing} of the model's {len(genes)} genes (e.g. {example}); the genes "
+            "of the data must include every gene the model was trained on."
+        )
+    return pos
+
+
+def model_matrix(model: Model, adata: Any, rows: np.ndarray, layer: str | None) -> Any:
+    """The selected cells x model genes (sparse stays sparse), validated against the model input."""
+    matrix = get_matrix(adata, layer)
+    cols = align_genes(adata, model.genes)
+    sub = matrix[rows] if cols is None else matrix[rows][:, cols]
+    is_int = check_values(sub)
+    if model.transform.input_kind == "counts" and not is_int:
+        raise SCCBGMError(
+            "the model was trained on raw counts but these data are not integer counts; pass the "
+            "counts (e.g. `layer='counts'`)."
+        )
+    return sub
+
+
+def _abduct(model: Model, feats: np.ndarray) -> dict[str, np.ndarray]:
+    import torch
+
+    vae = model.parts["vae"]
+    dev = next(vae.parameters()).device
+    with torch.no_grad():
+        out = vae.abduct(torch.from_numpy(feats).to(dev))
+    return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+def _decode(model: Model, u: np.ndarray, c: np.ndarray) -> np.ndarray:
+    import torch
+
+    vae = model.parts["vae"]
+    dev = next(vae.parameters()).device
+    with torch.no_grad():
+        x = vae.decode(torch.from_numpy(u).to(dev), torch.from_numpy(c.astype(np.float32)).to(dev))
+    return x.cpu().numpy()
+
+
+def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: Any = None) -> Any:
+    """Concept predictions c_hat, unknown factors u and latent z of the cells (see api.encode)."""
+    import anndata as ad
+
+    rows = select_cells(adata, cells)
+    sub = model_matrix(model, adata, rows, layer)
+    tr = model.transform
+    parts: dict[str, list[np.ndarray]] = {"concepts": [], "unknown": [], "latent": []}
+    for _, block in tr.iter_chunks(sub, np.arange(sub.shape[0])):
+        out = _abduct(model, tr.features(block))
+        for k in parts:
+            parts[k].append(out[k])
+    res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+    enc = ad.AnnData(
+        X=res["concepts"],
+        obs=pd.DataFrame(index=pd.Index(adata.obs_names[rows].astype(str), name=None)),
+        var=pd.DataFrame(index=pd.Index(model.concept_names)),
+    )
+    enc.obsm["X_unknown"] = res["unknown"]
+    enc.obsm["X_latent"] = res["latent"]
+    enc.uns["sccbgm_encode"] = {"concepts": model.concepts, "concept_names": model.concept_names}
+    return enc
+
+
+def edit_cells(
+    model: Model,
+    adata: Any,
+    set_: Mapping[str, Any],
+    *,
+    residual: bool | None = None,
+    cells: Any = None,
+    layer: str | None = None,
+) -> Any:
+    """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring)."""
+    import anndata as ad
+
+    residual = model.default_residual if residual is None else bool(residual)
+    rows = select_cells(adata, cells)
+    sub = model_matrix(model, adata, rows, layer)
+    n = rows.size
+    spec, tr = model.spec, model.transform
+    target, assigned = spec.target_values(set_, n)
+    obs = adata.obs.iloc[rows]
+    observed, obs_mask = spec.encode(obs, require=False)
+    # paper Sec. 2.4: assign only dimensions whose target differs from the observed label
+    assigned &= ~((obs_mask > 0) & (observed == target))
+
+    out = np.empty((n, len(tr.genes)), dtype=np.float32)
+    c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
+    c_edit = np.empty_like(c_fact)
+    unknown = []
+    for s in range(0, n, CHUNK):
+        sl = slice(s, min(s + CHUNK, n))
+        x_log = tr.lognorm(dense_rows(sub, sl))
+        ab = _abduct(model, tr.features(x_log))
+        c_new = np.where(assigned[sl], target[sl], ab["concepts"])
+        x_new = tr.to_genes(_decode(model, ab["unknown"], c_new))
+        if residual:
+            x_new = x_log + x_new - tr.to_genes(_decode(model, ab["unknown"], ab["concepts"]))
+        out[sl] = np.clip(x_new, 0.0, None)
+        c_fact[sl], c_edit[sl] = ab["concepts"], c_new
+        unknown.append(ab["unknown"])
+
+    new_obs = obs.copy()
+    slices = spec.slices()
+    for name in set_:
+        values = spec.decode_column(name, target[:, slices[name]])
+        col = next(c for c in spec.columns if c.name == name)
+        if col.kind == "categorical":
+            cats = list(col.categories)
+            if name in new_obs and isinstance(new_obs[name].dtype, pd.CategoricalDtype):
+                cats = list(dict.fromkeys([*map(str, new_obs[name].cat.categories), *cats]))
+            new_obs[name] = pd.Categorical(values.astype(str), categories=cats)
+        else:
+            new_obs[name] = values
+    var = adata.var.loc[model.genes].copy() if set(model.genes) <= set(adata.var_names) else None
+    edited = ad.AnnData(X=out, obs=new_obs, var=var if var is not None else pd.DataFrame(index=model.genes))
+    edited.obsm["X_concepts_factual"] = c_fact
+    edited.obsm["X_concepts_edited"] = c_edit
+    edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
+    edited.uns["sccbgm_edit"] = {
+        "model": model.name,
+        "concept_names": model.concept_names,
+        "set": {k: _jsonable(v) for k, v in set_.items()},
+        "residual": residual,
+        "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
+        "target_sum": tr.target_sum,
+    }
+    return edited
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        return arr.item()
+    return f"per-cell array ({arr.size} values)"
