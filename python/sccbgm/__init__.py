@@ -24,8 +24,8 @@ _LAZY = {
     "save": ("sccbgm.api", "save"),
     "load": ("sccbgm.api", "load"),
     "evaluate": ("sccbgm.evaluate", "evaluate"),
-    "simulate": ("sccbgm.simulate", "simulate"),
-    "simulate_counterfactual": ("sccbgm.simulate", "simulate_counterfactual"),
+    "simulate": ("sccbgm.simulation", "simulate"),
+    "simulate_counterfactual": ("sccbgm.simulation", "simulate_counterfactual"),
     "metrics": ("sccbgm.metrics", None),
     "SCCBGMError": ("sccbgm.errors", "SCCBGMError"),
 }
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from sccbgm.api import edit, encode, fit, load, save
     from sccbgm.errors import SCCBGMError
     from sccbgm.evaluate import evaluate
-    from sccbgm.simulate import simulate, simulate_counterfactual
+    from sccbgm.simulation import simulate, simulate_counterfactual
 
 
 def __getattr__(name: str) -> Any:

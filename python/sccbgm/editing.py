@@ -1,10 +1,10 @@
 """Counterfactual editing by abduction -> action -> prediction (paper section 2.4).
 
 1. Abduction: z = E_mu(x) (posterior mean), c_hat = f_c(z), u = f_u(z).
-2. Action: on the concept dimensions named in ``set``, c_hat_k <- c'_k. Following the paper,
-   only dimensions whose target differs from the cell's observed label are assigned; a dimension
-   already at its target keeps c_hat_k. Where the label is missing, or the concept column is absent
-   from ``adata.obs``, every named dimension is assigned.
+2. Action: on the concept dimensions named in ``set``, c_hat_k <- c'_k. Following the paper, a
+   cell whose observed label already equals the target keeps c_hat for that column; otherwise the
+   column's whole block is assigned (a categorical column's one-hot is swapped). Where the label
+   is missing, or the concept column is absent from ``adata.obs``, the block is assigned.
 3. Prediction: x_hat' = D([u, c_hat']) in the model's input space, mapped back to genes.
 
 Two outputs in gene space (log-normalised), chosen by ``residual``:
@@ -155,8 +155,11 @@ def edit_cells(
     target, assigned = spec.target_values(set_, n)
     obs = adata.obs.iloc[rows]
     observed, obs_mask = spec.encode(obs, require=False)
-    # paper Sec. 2.4: assign only dimensions whose target differs from the observed label
-    assigned &= ~((obs_mask > 0) & (observed == target))
+    # paper Sec. 2.4: a column already at its target (observed label) keeps c_hat; otherwise its
+    # whole block is assigned (for a categorical column: the one-hot is swapped)
+    for sl in spec.slices().values():
+        same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
+        assigned[same, sl] = False
 
     out = np.empty((n, len(tr.genes)), dtype=np.float32)
     c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
