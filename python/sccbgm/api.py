@@ -16,13 +16,17 @@ import numpy as np
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
 
-MODELS = ("sccbgm",)
+MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 
 _MODULE_OPTIONS = {
     "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
-    "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational",
+    "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
+    "concept_embedding_dim",
 }
+_CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
+_FLOW_MODULE_OPTIONS = {"flow_hidden_dim", "flow_n_layers", "flow_dropout", "flow_time_dim"}
+_FLOW_TRAIN_OPTIONS = {f"flow_{k}" for k in _TRAIN_OPTIONS}
 
 
 def _check_adata(adata: Any, what: str = "adata") -> None:
@@ -39,6 +43,7 @@ def fit(
     concepts: Sequence[str],
     *,
     model: str = "sccbgm",
+    base: Model | None = None,
     seed: int | None = None,
     layer: str | None = None,
     preset: str = "cpu",
@@ -63,7 +68,15 @@ def fit(
         0/1 columns are binary; other numeric columns are continuous (scaled to [0, 1] with the
         training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
     model
-        ``"sccbgm"``.
+        ``"sccbgm"`` (scCBGM), ``"cbgm"`` (CBGM of Ismail et al. 2023: CEM bottleneck, no skip
+        connections, cosine orthogonality loss), ``"cvae"`` (conditional VAE on the same
+        backbone), or a flow matching model on the input space (paper sec. 2.5):
+        ``"sccbgm-fm"`` (conditioned on [u, c_hat] of a scCBGM), ``"vanilla-fm"`` (on the
+        observed concepts and their mask), ``"cvae-fm"`` (on a CVAE latent and the concepts).
+    base
+        ``"sccbgm-fm"`` / ``"cvae-fm"`` only: an already fitted scCBGM/CBGM (resp. CVAE) model to
+        condition on (its concepts and input space are used); None trains one first with the
+        module and training options.
     seed
         Seeds weight initialisation and minibatch order; the same seed gives the same model on CPU.
     preset
@@ -84,9 +97,17 @@ def fit(
         Show a progress bar (None: only on an interactive terminal).
     **options
         Module options (``hidden_dim``, ``n_layers``, ``latent_dim``, ``unknown_dim``, ``dropout``,
-        ``concept_weight`` lambda_c, ``cross_cov_weight`` lambda_cc, ``kl_weight`` beta, ``skip``,
-        ``orthogonality`` ("cross_cov" | "none"), ``variational``) and training options
-        (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``, ``grad_clip``).
+        ``concept_weight`` lambda_c, ``cross_cov_weight`` lambda_cc (weight of whichever
+        orthogonality loss is active), ``kl_weight`` beta, and the ablation switches ``skip``
+        (decoder skip connections), ``orthogonality`` ("cross_cov" | "cosine" | "none"),
+        ``variational`` (False: the autoencoder ablation), ``bottleneck`` ("cbm" | "cem"),
+        ``concept_embedding_dim`` (CEM width m)); the CVAE takes ``hidden_dim``, ``n_layers``,
+        ``latent_dim``, ``dropout``, ``kl_weight``, ``skip`` and ``variational``. Training
+        options (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
+        ``grad_clip``). Flow models add ``flow_hidden_dim``, ``flow_n_layers``,
+        ``flow_dropout``, ``flow_time_dim`` and ``flow_epochs``, ``flow_batch_size``,
+        ``flow_lr``, ``flow_lr_decay``, ``flow_weight_decay``, ``flow_grad_clip`` (preset
+        ``"flow"`` entry). An option that does not apply to ``model`` is an error.
 
     Returns
     -------
@@ -100,38 +121,113 @@ def fit(
     _check_adata(adata)
     if model not in MODELS:
         raise SCCBGMError(f"unknown model {model!r}; available models: {list(MODELS)}.")
-    unknown_opts = sorted(set(options) - _MODULE_OPTIONS - _TRAIN_OPTIONS)
+    if base is not None:
+        if model not in ("sccbgm-fm", "cvae-fm"):
+            raise SCCBGMError(f"`base` applies to model='sccbgm-fm' or 'cvae-fm' only, not {model!r}.")
+        _check_model(base)
+    module_keys, train_keys, flow_keys = _applicable_options(model, base)
+    unknown_opts = sorted(set(options) - _MODULE_OPTIONS - _TRAIN_OPTIONS - _FLOW_MODULE_OPTIONS - _FLOW_TRAIN_OPTIONS)
     if unknown_opts:
         raise SCCBGMError(
             f"unknown option(s) {unknown_opts}; module options: {sorted(_MODULE_OPTIONS)}, "
-            f"training options: {sorted(_TRAIN_OPTIONS)}."
+            f"training options: {sorted(_TRAIN_OPTIONS)}, flow options: "
+            f"{sorted(_FLOW_MODULE_OPTIONS | _FLOW_TRAIN_OPTIONS)}."
+        )
+    misplaced = sorted(set(options) - module_keys - train_keys - flow_keys)
+    if misplaced:
+        why = "the given `base` is already trained" if base is not None else "they belong to another model"
+        raise SCCBGMError(
+            f"option(s) {misplaced} do not apply to model={model!r} ({why}); it takes "
+            f"{sorted(module_keys | train_keys | flow_keys) or 'no options'}."
         )
     if adata.var_names.has_duplicates:
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
         raise SCCBGMError(f"need at least 10 training cells, got {adata.n_obs}.")
     cfg = get_preset(preset)
-    cfg["module"].update({k: v for k, v in options.items() if k in _MODULE_OPTIONS})
-    cfg["train"].update({k: v for k, v in options.items() if k in _TRAIN_OPTIONS})
+    cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
+    cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
+    cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in _FLOW_MODULE_OPTIONS})
+    cfg["flow"]["train"].update({k[5:]: v for k, v in options.items() if k in _FLOW_TRAIN_OPTIONS})
+    if base is not None and n_pcs is not None:
+        raise SCCBGMError("n_pcs cannot be set with `base`: the flow works in the base model's input space.")
     n_pcs = int(n_pcs if n_pcs is not None else cfg["n_pcs"])
 
-    spec = ConceptSpec.from_obs(adata.obs, concepts)
+    if base is not None:
+        spec, transform, matrix = _base_inputs(base, adata, concepts, layer, representation)
+        n_pcs = int(base.options.get("n_pcs", n_pcs))
+        cfg["module"], cfg["train"] = base.options.get("module", {}), base.options.get("train", {})
+    else:
+        spec = ConceptSpec.from_obs(adata.obs, concepts)
+        matrix = get_matrix(adata, layer)
+        transform = InputTransform.fit(
+            matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
+            n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
+        )
     values, mask = spec.encode(adata.obs)
-    matrix = get_matrix(adata, layer)
-    transform = InputTransform.fit(
-        matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
-        n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
-    )
+    if model == "vanilla-fm":
+        cfg["module"], cfg["train"] = {}, {}
+    elif model in ("cvae", "cvae-fm") and base is None:
+        cfg["module"] = {k: v for k, v in cfg["module"].items() if k in _CVAE_OPTIONS}
+    elif model == "cbgm":
+        from sccbgm.modules.cbgm import cbgm_module_options
+
+        cfg["module"] = cbgm_module_options(cfg["module"], set(options), spec.n_concepts)
     options_record = {
         "model": model, "concepts": list(spec.column_names), "preset": preset, "layer": layer,
         "representation": representation, "n_pcs": n_pcs, "input_kind": transform.input_kind,
         "residual": bool(residual), "module": cfg["module"], "train": cfg["train"],
         "n_train_cells": int(adata.n_obs),
     }
+    if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
+        options_record["flow"] = cfg["flow"]
     from sccbgm.train import torch_threads
 
     with torch_threads(num_threads):
-        return _fit_vae(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
+        if model in ("sccbgm", "cbgm"):
+            return _fit_vae(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
+        from sccbgm.flows import fit_model
+
+        if model == "sccbgm-fm" and base is None:
+            base_record = {k: v for k, v in options_record.items() if k != "flow"} | {"model": "sccbgm"}
+            base = _fit_vae(matrix, transform, spec, values, mask, cfg, base_record, seed, device, progress)
+        return fit_model(
+            model, matrix, transform, spec, values, mask, cfg, options_record,
+            seed=seed, device=device, progress=progress, base=base,
+        )
+
+
+def _applicable_options(model: str, base: Model | None) -> tuple[set[str], set[str], set[str]]:
+    """(module, training, flow) option names that apply to ``model`` (with or without ``base``)."""
+    flow = _FLOW_MODULE_OPTIONS | _FLOW_TRAIN_OPTIONS if model.endswith("-fm") else set()
+    if model == "vanilla-fm" or base is not None:
+        return set(), set(), flow
+    module = _CVAE_OPTIONS if model.startswith("cvae") else _MODULE_OPTIONS
+    return set(module), set(_TRAIN_OPTIONS), flow
+
+
+def _base_inputs(
+    base: Model, adata: Any, concepts: Sequence[str], layer: str | None, representation: str
+) -> tuple[Any, Any, Any]:
+    """A flow on a given ``base`` uses its concepts and input space: (spec, transform, matrix)."""
+    from sccbgm.editing import model_matrix
+
+    wanted = [concepts] if isinstance(concepts, str) else list(concepts)
+    if wanted != base.concepts:
+        raise SCCBGMError(
+            f"`concepts` {wanted} differ from those of `base` {base.concepts}; a flow conditioned "
+            "on a base model uses the base model's concepts."
+        )
+    if representation != base.transform.representation:
+        raise SCCBGMError(
+            f"representation={representation!r} differs from the base model's "
+            f"{base.transform.representation!r}; the flow works in the base model's input space."
+        )
+    missing = [c for c in base.concepts if c not in adata.obs.columns]
+    if missing:
+        raise SCCBGMError(f"concept column(s) {missing} not found in adata.obs.")
+    matrix = model_matrix(base, adata, np.arange(adata.n_obs), layer)
+    return base.spec, base.transform, matrix
 
 
 def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress) -> Model:
@@ -173,10 +269,14 @@ def edit(
     residual: bool | None = None,
     cells: Any = None,
     layer: str | None = None,
+    mode: str | None = None,
+    seed: int | None = None,
+    n_steps: int | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
-    Abduction (posterior mean) -> action (assign the named concepts) -> prediction (decoder).
+    Abduction (posterior mean) -> action (assign the named concepts) -> prediction (decoder, or
+    for flow matching models the flow, see ``mode``).
 
     Parameters
     ----------
@@ -188,20 +288,35 @@ def edit(
         ``{column: value}``: a category for a categorical column (swaps the one-hot), 0/1 for a
         binary one, a number in the column's own units for a continuous one; or a per-cell array.
     residual
-        True: residual-preserving counterfactual x + D(u, c') - D(u, c_hat) in gene space (keeps
-        what the model cannot explain); False: the paper's decoder output D(u, c'). None: the
-        model's default (True).
+        True: residual-preserving counterfactual x + T^-1(x_hat') - T^-1(x_hat) in gene space,
+        with x_hat' the model's prediction under the edited concepts and x_hat the same
+        prediction under the factual ones (for scCBGM D(u, c') and D(u, c_hat); for a flow the
+        same noise y_0 decoded under both conditions); keeps what the model cannot explain.
+        False: the model's prediction T^-1(x_hat') (the paper's output). None: the model's
+        default (True).
     cells
         Subset to edit: bool mask, integer indices or obs names (default all).
     layer
         Expression layer (default X).
+    mode
+        Flow matching models only: ``"edit"`` (default; invert the cell to noise under the
+        factual condition, then integrate forward under the edited one) or ``"decode"``
+        (integrate fresh noise N(0, I) under the edited condition). An error for other models.
+    seed
+        Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
+    n_steps
+        Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
 
     Returns
     -------
     A new AnnData (edited cells x model genes): X = edited log-normalised expression (float32,
     >= 0); obs = the input obs with the edited columns set to their new values; obsm
-    ``X_concepts_factual`` / ``X_concepts_edited`` (n, K) and ``X_unknown`` (n, d_u); uns
-    ``sccbgm_edit`` records the edit. The input is never modified.
+    ``X_concepts_factual`` / ``X_concepts_edited`` (n, K) (c_hat for concept-bottleneck models;
+    the labels, NaN where missing, for CVAE and vanilla FM) and ``X_unknown`` (n, d): the fixed
+    factors (u; z for CVAE models; width 0 for vanilla FM); flow models add ``X_noise`` (n, D),
+    the noise y_0 the flow decoded. uns ``sccbgm_edit`` records the edit (``mode``: "abduction"
+    for autoencoders; flows add ``solver``, ``n_steps`` and, for decode, ``seed``). The input is
+    never modified.
     """
     from sccbgm.editing import edit_cells
     from sccbgm.train import torch_threads
@@ -209,7 +324,9 @@ def edit(
     _check_model(model)
     _check_adata(adata)
     with torch_threads(None):
-        return edit_cells(model, adata, set, residual=residual, cells=cells, layer=layer)
+        return edit_cells(
+            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps
+        )
 
 
 def encode(model: Model, adata: Any, *, layer: str | None = None, cells: Any = None) -> Any:

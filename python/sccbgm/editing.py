@@ -94,21 +94,16 @@ def model_matrix(model: Model, adata: Any, rows: np.ndarray, layer: str | None) 
 def _abduct(model: Model, feats: np.ndarray) -> dict[str, np.ndarray]:
     import torch
 
+    if "vae" not in model.parts:
+        raise SCCBGMError(
+            f"a {model.name!r} model has no concept encoder; encode needs a concept bottleneck "
+            "model ('sccbgm', 'cbgm' or 'sccbgm-fm')."
+        )
     vae = model.parts["vae"]
     dev = next(vae.parameters()).device
     with torch.no_grad():
         out = vae.abduct(torch.from_numpy(feats).to(dev))
     return {k: v.cpu().numpy() for k, v in out.items()}
-
-
-def _decode(model: Model, u: np.ndarray, c: np.ndarray) -> np.ndarray:
-    import torch
-
-    vae = model.parts["vae"]
-    dev = next(vae.parameters()).device
-    with torch.no_grad():
-        x = vae.decode(torch.from_numpy(u).to(dev), torch.from_numpy(c.astype(np.float32)).to(dev))
-    return x.cpu().numpy()
 
 
 def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: Any = None) -> Any:
@@ -143,10 +138,20 @@ def edit_cells(
     residual: bool | None = None,
     cells: Any = None,
     layer: str | None = None,
+    mode: str | None = None,
+    seed: int | None = None,
+    n_steps: int | None = None,
 ) -> Any:
-    """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring)."""
+    """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
+
+    The prediction step of each model family (decoder, or flow with ``mode`` / ``seed`` /
+    ``n_steps``) is :class:`sccbgm.flows.Counterfactual`.
+    """
     import anndata as ad
 
+    from sccbgm.flows import Counterfactual
+
+    predict = Counterfactual(model, mode=mode, seed=seed, n_steps=n_steps)
     residual = model.default_residual if residual is None else bool(residual)
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer)
@@ -164,18 +169,19 @@ def edit_cells(
     out = np.empty((n, len(tr.genes)), dtype=np.float32)
     c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
     c_edit = np.empty_like(c_fact)
-    unknown = []
+    unknown, noise = [], []
     for s in range(0, n, CHUNK):
         sl = slice(s, min(s + CHUNK, n))
         x_log = tr.lognorm(dense_rows(sub, sl))
-        ab = _abduct(model, tr.features(x_log))
-        c_new = np.where(assigned[sl], target[sl], ab["concepts"])
-        x_new = tr.to_genes(_decode(model, ab["unknown"], c_new))
+        pred = predict(tr.features(x_log), observed[sl], obs_mask[sl], target[sl], assigned[sl], residual)
+        x_new = tr.to_genes(pred.edited)
         if residual:
-            x_new = x_log + x_new - tr.to_genes(_decode(model, ab["unknown"], ab["concepts"]))
+            x_new = x_log + x_new - tr.to_genes(pred.factual)
         out[sl] = np.clip(x_new, 0.0, None)
-        c_fact[sl], c_edit[sl] = ab["concepts"], c_new
-        unknown.append(ab["unknown"])
+        c_fact[sl], c_edit[sl] = pred.concepts_factual, pred.concepts_edited
+        unknown.append(pred.unknown)
+        if pred.noise is not None:
+            noise.append(pred.noise)
 
     new_obs = obs.copy()
     slices = spec.slices()
@@ -194,6 +200,8 @@ def edit_cells(
     edited.obsm["X_concepts_factual"] = c_fact
     edited.obsm["X_concepts_edited"] = c_edit
     edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
+    if noise:
+        edited.obsm["X_noise"] = np.concatenate(noise).astype(np.float32)
     edited.uns["sccbgm_edit"] = {
         "model": model.name,
         "concept_names": model.concept_names,
@@ -201,6 +209,7 @@ def edit_cells(
         "residual": residual,
         "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
         "target_sum": tr.target_sum,
+        **predict.metadata(),
     }
     return edited
 

@@ -5,10 +5,17 @@
 
 from __future__ import annotations
 
+from sccbgm.modules.cvae import ConditionalVAE, CVAEConfig
+from sccbgm.modules.flow import FlowConfig, VelocityField
 from sccbgm.modules.sccbgm import ConceptBottleneckVAE, SCCBGMConfig
 
 REGISTRY: dict[str, tuple[type, type]] = {
     "ConceptBottleneckVAE": (ConceptBottleneckVAE, SCCBGMConfig),
+    "ConditionalVAE": (ConditionalVAE, CVAEConfig),
+    "VelocityField": (VelocityField, FlowConfig),
 }
 
-__all__ = ["REGISTRY", "ConceptBottleneckVAE", "SCCBGMConfig"]
+__all__ = [
+    "CVAEConfig", "ConceptBottleneckVAE", "ConditionalVAE", "FlowConfig", "REGISTRY", "SCCBGMConfig",
+    "VelocityField",
+]

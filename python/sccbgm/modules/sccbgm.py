@@ -1,6 +1,7 @@
 """The scCBGM network (paper section 2.2-2.3): a concept-bottleneck VAE with a skip decoder.
 
-Shapes: B cells, D input features (PCs or genes), K concepts, d_u unknown factors, d_z latent.
+Shapes: B cells, D input features (PCs or genes), K concepts, d_u unknown factors, d_z latent,
+d_k the width of the known-factor vector the decoder sees (K, or K * m for a CEM bottleneck).
 
 * encoder E: x (B, D) -> residual MLP -> (mu_z, log sigma_z^2), each (B, d_z)
 * bottleneck: concept head f_c(z) -> concept logits (B, K); c_hat = sigmoid(logits) for binary
@@ -10,6 +11,20 @@ Shapes: B cells, D input features (PCs or genes), K concepts, d_u unknown factor
 * loss (Eq. 6-9): MSE reconstruction + concept_weight * L_concept (Eq. 7, masked, normalised by
   the number of observed labels) + kl_weight * KL(q(z|x) || N(0, I)) + cross_cov_weight *
   ||Cov(c_hat, u)||_F^2 (Eq. 8, over the minibatch).
+
+Ablation switches (paper sec. 3, D.8), each a different network or objective:
+
+* ``bottleneck="cem"``: the CBGM concept embedding bottleneck
+  (:class:`~sccbgm.modules.cbgm.ConceptEmbeddingBottleneck`) replaces the scalar concept head;
+  the decoder sees the mixed embeddings (B, K * m) instead of c_hat (B, K).
+* ``skip=False``: the known factors enter the decoder's first layer only (no Eq. 5 re-injection,
+  so the residual layers are (H, H) instead of (H + d_k, H) maps).
+* ``orthogonality``: ``"cross_cov"`` (Eq. 8), ``"cosine"`` (CBGM: mean |cos(known, u)|, needs
+  d_k == d_u) or ``"none"``; ``cross_cov_weight`` weighs whichever is active.
+* ``variational=False``: the AE ablation of D.8.3 -- no log-variance head, z = E_mu(x), no KL.
+
+``forward`` returns exactly the terms of the configured objective (plus ``"loss"``, their sum
+weighted by :meth:`ConceptBottleneckVAE.loss_weights`).
 
 During training the decoder receives the *predicted* concepts c_hat (as in the paper: the
 bottleneck is the only route from x to the concepts the decoder sees), never the labels; labels
@@ -25,12 +40,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sccbgm.errors import SCCBGMError
 from sccbgm.modules._blocks import ResidualBlock, ResidualMLP
+from sccbgm.modules.cbgm import ConceptEmbeddingBottleneck, cosine_penalty, default_embedding_dim
 
 
 @dataclass
 class SCCBGMConfig:
-    """Architecture and loss weights. Defaults = the documented CPU preset (see ``presets``)."""
+    """Architecture and loss weights. Defaults = the documented CPU preset (see ``presets``).
+
+    ``concept_embedding_dim`` (m) is used by the CEM bottleneck only; None resolves to
+    d_u // K. Raises SCCBGMError for an unknown switch value or, with the cosine loss, when the
+    known-factor width d_k differs from d_u.
+    """
 
     in_dim: int
     n_concepts: int
@@ -44,8 +66,45 @@ class SCCBGMConfig:
     cross_cov_weight: float = 0.5
     kl_weight: float = 1e-5
     skip: bool = True
-    orthogonality: Literal["cross_cov", "none"] = "cross_cov"
+    orthogonality: Literal["cross_cov", "cosine", "none"] = "cross_cov"
     variational: bool = True
+    bottleneck: Literal["cbm", "cem"] = "cbm"
+    concept_embedding_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bottleneck not in ("cbm", "cem"):
+            raise SCCBGMError(f"bottleneck must be 'cbm' or 'cem', not {self.bottleneck!r}.")
+        if self.orthogonality not in ("cross_cov", "cosine", "none"):
+            raise SCCBGMError(
+                f"orthogonality must be 'cross_cov', 'cosine' or 'none', not {self.orthogonality!r}."
+            )
+        for name in ("skip", "variational"):
+            if not isinstance(getattr(self, name), bool):
+                raise SCCBGMError(f"{name} must be True or False, not {getattr(self, name)!r}.")
+        if self.bottleneck == "cem":
+            if self.concept_embedding_dim is None:
+                self.concept_embedding_dim = default_embedding_dim(self.unknown_dim, self.n_concepts)
+            if int(self.concept_embedding_dim) < 1:
+                raise SCCBGMError(f"concept_embedding_dim must be >= 1, not {self.concept_embedding_dim}.")
+            self.concept_embedding_dim = int(self.concept_embedding_dim)
+        if self.orthogonality == "cosine" and self.known_dim != self.unknown_dim:
+            what = (
+                f"K * concept_embedding_dim = {self.n_concepts} * {self.concept_embedding_dim}"
+                if self.bottleneck == "cem" else f"the number of concept dimensions K = {self.n_concepts}"
+            )
+            raise SCCBGMError(
+                f"orthogonality='cosine' compares the known and unknown embeddings entry by entry, so "
+                f"they need equal sizes, but {what} = {self.known_dim} != unknown_dim = "
+                f"{self.unknown_dim}. Set unknown_dim={self.known_dim}, or use "
+                "orthogonality='cross_cov', which has no such constraint (paper sec. 2.3)."
+            )
+
+    @property
+    def known_dim(self) -> int:
+        """d_k: width of the known factors the decoder sees (K, or K * m for the CEM)."""
+        if self.bottleneck == "cem":
+            return self.n_concepts * int(self.concept_embedding_dim or 1)
+        return self.n_concepts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,16 +135,17 @@ def masked_concept_loss(
 
 
 class SkipDecoder(nn.Module):
-    """[u, c] -> x_hat with c re-injected at every layer (Eq. 5) when ``skip`` is True."""
+    """[u, c] -> x_hat with the known factors c (B, d_k) re-injected at every layer (Eq. 5) when
+    ``skip`` is True; without skips they enter the first layer only."""
 
     def __init__(
-        self, unknown_dim: int, n_concepts: int, hidden_dim: int, n_layers: int, out_dim: int,
+        self, unknown_dim: int, known_dim: int, hidden_dim: int, n_layers: int, out_dim: int,
         dropout: float, skip: bool = True,
     ) -> None:
         super().__init__()
         self.skip = skip
-        self.first = nn.Linear(unknown_dim + n_concepts, hidden_dim)
-        extra = n_concepts if skip else 0
+        self.first = nn.Linear(unknown_dim + known_dim, hidden_dim)
+        extra = known_dim if skip else 0
         self.blocks = nn.ModuleList(
             ResidualBlock(hidden_dim, dropout, extra_dim=extra) for _ in range(max(n_layers - 1, 0))
         )
@@ -113,14 +173,21 @@ class ConceptBottleneckVAE(nn.Module):
         self.encoder = ResidualMLP(cfg.in_dim, cfg.hidden_dim, cfg.n_layers, cfg.dropout)
         self.mu_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
         self.logvar_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim) if cfg.variational else None
-        self.concept_head = nn.Sequential(
-            nn.Linear(cfg.latent_dim, cfg.latent_dim), nn.ReLU(), nn.Linear(cfg.latent_dim, cfg.n_concepts)
-        )
+        if cfg.bottleneck == "cem":
+            self.concept_head = None
+            self.concept_embedding = ConceptEmbeddingBottleneck(
+                cfg.latent_dim, cfg.n_concepts, int(cfg.concept_embedding_dim or 1)
+            )
+        else:
+            self.concept_head = nn.Sequential(
+                nn.Linear(cfg.latent_dim, cfg.latent_dim), nn.ReLU(), nn.Linear(cfg.latent_dim, cfg.n_concepts)
+            )
+            self.concept_embedding = None
         self.unknown_head = nn.Sequential(
             nn.Linear(cfg.latent_dim, cfg.latent_dim), nn.ReLU(), nn.Linear(cfg.latent_dim, cfg.unknown_dim), nn.ReLU()
         )
         self.decoder = SkipDecoder(
-            cfg.unknown_dim, cfg.n_concepts, cfg.hidden_dim, cfg.n_layers, cfg.in_dim, cfg.dropout, cfg.skip
+            cfg.unknown_dim, cfg.known_dim, cfg.hidden_dim, cfg.n_layers, cfg.in_dim, cfg.dropout, cfg.skip
         )
 
     # ------------------------------------------------------------------ pieces
@@ -131,24 +198,52 @@ class ConceptBottleneckVAE(nn.Module):
         logvar = self.logvar_head(h).clamp(-12.0, 8.0) if self.logvar_head is not None else None
         return mu, logvar
 
-    def bottleneck(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """z (B, d_z) -> (concept logits (B, K), c_hat (B, K), u (B, d_u))."""
-        logits = self.concept_head(z)
-        c_hat = torch.where(self.is_binary, torch.sigmoid(logits), logits)
-        return logits, c_hat, self.unknown_head(z)
+    def bottleneck(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """z (B, d_z) -> {"logits" (B, K), "concepts" c_hat (B, K), "unknown" u (B, d_u)}, plus
+        "concept_embeddings" (B, K, 2, m) for the CEM bottleneck."""
+        out: dict[str, torch.Tensor] = {}
+        if self.concept_embedding is not None:
+            logits, out["concept_embeddings"] = self.concept_embedding(z)
+        else:
+            logits = self.concept_head(z)
+        out["logits"] = logits
+        out["concepts"] = torch.where(self.is_binary, torch.sigmoid(logits), logits)
+        out["unknown"] = self.unknown_head(z)
+        return out
 
-    def decode(self, u: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """(u (B, d_u), c (B, K)) -> x_hat (B, D)."""
-        return self.decoder(u, c)
+    def known_factors(self, c: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """Concepts c (B, K) -> what the decoder sees (B, d_k): c itself, or the CEM mixture."""
+        if self.concept_embedding is None:
+            return c
+        if embeddings is None:
+            raise ValueError("a CEM bottleneck decodes from the cell's concept embeddings")
+        return ConceptEmbeddingBottleneck.mix(embeddings, c)
+
+    def decode(self, u: torch.Tensor, c: torch.Tensor, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """(u (B, d_u), c (B, K)[, CEM embeddings (B, K, 2, m)]) -> x_hat (B, D)."""
+        return self.decoder(u, self.known_factors(c, embeddings))
 
     @torch.no_grad()
     def abduct(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Abduction with the posterior mean z = E_mu(x) (Sec. 2.4): latent, c_hat, u."""
+        """Abduction with the posterior mean z = E_mu(x) (Sec. 2.4): latent, c_hat, u (and the
+        CEM embeddings, which :meth:`decode` needs)."""
         mu, _ = self.encode(x)
-        _, c_hat, u = self.bottleneck(mu)
-        return {"latent": mu, "concepts": c_hat, "unknown": u}
+        out = self.bottleneck(mu)
+        del out["logits"]
+        out["latent"] = mu
+        return out
 
     # -------------------------------------------------------------------- loss
+    def loss_weights(self) -> dict[str, float]:
+        """The active loss terms and their weights in ``"loss"`` (depends on the switches)."""
+        cfg = self.config
+        weights = {"reconstruction": 1.0, "concept": cfg.concept_weight}
+        if cfg.variational:
+            weights["kl"] = cfg.kl_weight
+        if cfg.orthogonality != "none":
+            weights[cfg.orthogonality] = cfg.cross_cov_weight
+        return weights
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Training step terms; ``forward`` so that DistributedDataParallel can wrap the module."""
         return self.loss(batch)
@@ -156,22 +251,28 @@ class ConceptBottleneckVAE(nn.Module):
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Eq. 9 on a minibatch {"x": (B, D), "concepts": (B, K), "mask": (B, K)}.
 
-        Returns the named terms (unweighted) and ``"loss"``, the weighted total.
+        Returns the active terms (unweighted, see :meth:`loss_weights`) and ``"loss"``, the
+        weighted total.
         """
         cfg = self.config
         x = batch["x"]
         mu, logvar = self.encode(x)
+        terms: dict[str, torch.Tensor] = {}
         if logvar is not None:
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            kl = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
+            terms["kl"] = (-0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(1)).mean()
         else:
-            z, kl = mu, x.new_zeros(())
-        logits, c_hat, u = self.bottleneck(z)
-        x_hat = self.decode(u, c_hat)
-        recon = F.mse_loss(x_hat, x)
-        concept = masked_concept_loss(logits, c_hat, batch["concepts"], batch["mask"], self.is_binary)
-        cross_cov = cross_covariance_penalty(c_hat, u)
-        total = recon + cfg.concept_weight * concept + cfg.kl_weight * kl
+            z = mu
+        bn = self.bottleneck(z)
+        known = self.known_factors(bn["concepts"], bn.get("concept_embeddings"))
+        x_hat = self.decoder(bn["unknown"], known)
+        terms["reconstruction"] = F.mse_loss(x_hat, x)
+        terms["concept"] = masked_concept_loss(
+            bn["logits"], bn["concepts"], batch["concepts"], batch["mask"], self.is_binary
+        )
         if cfg.orthogonality == "cross_cov":
-            total = total + cfg.cross_cov_weight * cross_cov
-        return {"loss": total, "reconstruction": recon, "concept": concept, "kl": kl, "cross_cov": cross_cov}
+            terms["cross_cov"] = cross_covariance_penalty(bn["concepts"], bn["unknown"])
+        elif cfg.orthogonality == "cosine":
+            terms["cosine"] = cosine_penalty(known, bn["unknown"])
+        total = sum(w * terms[k] for k, w in self.loss_weights().items())
+        return {"loss": total, **terms}
