@@ -1,0 +1,292 @@
+# The exported model API: fit, edit, encode, save, load. All numerics run in Python.
+
+# `...` -> a named list of keyword options for Python. Whole numbers become integers (R's `5`
+# is a double; Python options such as epochs or hidden_dim must be int).
+.py_options <- function(...) {
+  opts <- list(...)
+  if (length(opts) && (is.null(names(opts)) || any(!nzchar(names(opts))))) {
+    stop("every option in `...` must be named, e.g. epochs = 5.", call. = FALSE)
+  }
+  lapply(opts, .py_scalar)
+}
+
+.py_scalar <- function(x) {
+  if (is.null(x)) return(NULL)
+  if (is.factor(x)) x <- as.character(x)
+  if (is.numeric(x) && !is.integer(x) && length(x) == 1L && !is.na(x) && is.finite(x) &&
+      x == round(x) && abs(x) < .Machine$integer.max) {
+    return(as.integer(x))
+  }
+  if (is.atomic(x) && length(x) == 1L) return(x)
+  if (is.atomic(x)) return(.np1(x))
+  if (is.list(x)) return(lapply(x, .py_scalar))
+  x
+}
+
+.new_model <- function(py) {
+  info <- .r(.py_call(.bridge()$model_info(py)))
+  structure(list(py = py, name = info$name, concepts = .chr(info$concepts),
+                 concept_names = .chr(info$concept_names), genes = .chr(info$genes),
+                 description = info$description),
+            class = "sccbgm_model")
+}
+
+.check_model <- function(model) {
+  if (!inherits(model, "sccbgm_model")) {
+    stop("`model` must be an sccbgm model from sccbgm_fit() or sccbgm_load(), not ",
+         .class_name(model), ".", call. = FALSE)
+  }
+  if (!reticulate::py_available(initialize = FALSE) || reticulate::py_is_null_xptr(model$py)) {
+    stop("`model` refers to a Python object of an earlier R session; save models with ",
+         "sccbgm_save() and read them back with sccbgm_load().", call. = FALSE)
+  }
+  invisible(model)
+}
+
+#' @export
+print.sccbgm_model <- function(x, ...) {
+  cat("<sccbgm model>", x$description, "\n")
+  cat("  concepts (metadata columns):", paste(x$concepts, collapse = ", "), "\n")
+  cat("  concept dimensions:", length(x$concept_names), "\n")
+  cat("  genes:", length(x$genes), "\n")
+  invisible(x)
+}
+
+#' Fit a concept bottleneck generative model
+#'
+#' Fits an scCBGM on the cells of a Seurat or SingleCellExperiment object. The concepts are
+#' cell metadata columns: a factor or character column gives one binary concept per category,
+#' a logical or 0/1 column one binary concept, any other numeric column one continuous concept;
+#' `NA` marks a missing label (the cell still trains the rest of the model).
+#'
+#' The expression matrix (`layer`) holds raw counts (non-negative integers: library-size
+#' normalised and log1p-transformed inside) or log-normalised values (used as they are); which
+#' one is detected. The fit runs in Python ([sccbgm_available()]).
+#'
+#' @param object A `Seurat` or `SingleCellExperiment` object.
+#' @param concepts Character vector of cell metadata columns (Seurat `meta.data`, SCE `colData`)
+#'   to use as concepts.
+#' @param ... Further options of the Python `sccbgm.fit()`, named: module options
+#'   (`hidden_dim`, `n_layers`, `latent_dim`, `unknown_dim`, `dropout`, `concept_weight`,
+#'   `cross_cov_weight`, `kl_weight`, ...), training options (`batch_size`, `lr`, ...) and
+#'   `representation`, `n_pcs`, `input_kind`, `residual`, `device`. Whole numbers are passed as
+#'   Python integers.
+#' @param assay Seurat only: the assay (default: the default assay).
+#' @param layer The expression matrix: a Seurat slot / layer (`"counts"`, `"data"`) or an SCE
+#'   assay name (`"counts"`, `"logcounts"`). Default `"counts"`.
+#' @param model Model family, `"sccbgm"`.
+#' @param seed Integer seed (weight initialisation and minibatch order); the same seed gives the
+#'   same model on CPU. `NULL` draws one.
+#' @param preset `"cpu"` (default, small network) or `"paper"` (the paper's settings).
+#' @param epochs Number of training epochs; `NULL` uses the preset's.
+#' @param progress Show a progress bar (default: only in interactive sessions).
+#' @return An `sccbgm_model`: a list with `concepts` (metadata columns), `concept_names` (the
+#'   concept dimensions, e.g. `"stim=STIM"`), `genes`, and `py`, the Python model.
+#' @seealso [sccbgm_edit()], [sccbgm_encode()], [sccbgm_save()]
+#' @export
+#' @examples
+#' if (sccbgm_available()) {
+#'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
+#'   model <- sccbgm_fit(sce, c("concept_0", "cell_type"), seed = 1, epochs = 3,
+#'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
+#'   model
+#' }
+sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = "counts",
+                       model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
+                       progress = interactive()) {
+  .check_object(object)
+  .check_columns(object, concepts)
+  .check_string(model, "model", null_ok = FALSE)
+  .check_string(preset, "preset", null_ok = FALSE)
+  options <- .py_options(...)
+  if (!is.null(epochs)) {
+    if (!is.numeric(epochs) || length(epochs) != 1L || is.na(epochs) || epochs < 1) {
+      stop("`epochs` must be a positive whole number.", call. = FALSE)
+    }
+    options$epochs <- as.integer(epochs)
+  }
+  spec <- .engine_spec(object, assay, layer, concepts)
+  bridge <- .bridge()
+  py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
+                            preset = preset, progress = isTRUE(progress), options = options))
+  .new_model(py)
+}
+
+# `set` (named list) -> list of set entries for bridge.set_from_spec
+.set_spec <- function(set, n_cells) {
+  if (!is.list(set) || !length(set) || is.null(names(set)) || any(!nzchar(names(set)))) {
+    stop("`set` must be a named list {concept column = new value}, e.g. ",
+         "list(stim = \"STIM\").", call. = FALSE)
+  }
+  lapply(names(set), function(column) {
+    value <- set[[column]]
+    if (is.factor(value)) value <- as.character(value)
+    if (!is.atomic(value) || !length(value) || !is.null(dim(value))) {
+      stop("set$", column, " must be a single value or a vector with one value per edited cell.",
+           call. = FALSE)
+    }
+    if (anyNA(value)) stop("set$", column, " contains NA.", call. = FALSE)
+    if (length(value) != 1L && length(value) != n_cells) {
+      stop("set$", column, " has ", length(value), " values but ", n_cells, " cells are edited; ",
+           "give one value or one per edited cell.", call. = FALSE)
+    }
+    type <- if (is.character(value)) "character" else if (is.logical(value)) "logical" else
+      if (is.integer(value)) "integer" else "double"
+    if (!(is.character(value) || is.numeric(value) || is.logical(value))) {
+      stop("set$", column, " must be character, numeric or logical.", call. = FALSE)
+    }
+    list(column = column, kind = if (length(value) == 1L) "scalar" else "array", type = type,
+         values = .np1(value))
+  })
+}
+
+#' Counterfactual editing of cells
+#'
+#' What would these cells look like if their concepts were different? `sccbgm_edit()` encodes
+#' each cell (abduction), sets the named concepts to new values (action) and decodes (prediction).
+#' It returns the input object with the edited expression added:
+#'
+#' * **Seurat**: a new assay `name` whose `data` slot (layer) holds the edited log-normalised
+#'   expression (cells x the model's genes); DimReduc objects `<name>_concepts` (edited concept
+#'   values), `<name>_concepts_factual` (the cells' inferred concepts) and `<name>_unknown`
+#'   (unknown factors; the concept names are in `Misc(reduction)$dimension_names`); metadata
+#'   columns `<name>_<column>` with the edited concept values.
+#' * **SingleCellExperiment**: assay `name` when the model's genes are the object's genes (in
+#'   order), otherwise an `altExp` `name` with a `logcounts` assay; `reducedDims` as above (with
+#'   the concept names as column names); `colData` columns `<name>_<column>`.
+#'
+#' The factual metadata columns and the input assays are left unchanged. With `cells`, the
+#' returned object holds the selected cells only.
+#'
+#' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]).
+#' @param object A `Seurat` or `SingleCellExperiment` with (at least) the model's genes, holding
+#'   the same kind of values (counts or log-normalised) as at fit time.
+#' @param set Named list `list(column = value)`: a category of a categorical concept
+#'   (`list(stim = "STIM")`), 0/1 or `FALSE`/`TRUE` for a binary one, a number in the column's
+#'   units for a continuous one, or a vector with one value per edited cell.
+#' @param ... Further named options of the Python `sccbgm.edit()`.
+#' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
+#'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
+#' @param cells Cells to edit: names, a logical vector or indices (default all).
+#' @param assay,layer The expression matrix, as in [sccbgm_fit()].
+#' @param name Name of the new assay / altExp and prefix of the reductions and metadata columns.
+#' @return The object (subset to `cells`) with the edit added, see Details.
+#' @seealso [sccbgm_fit()], [sccbgm_evaluate()]
+#' @export
+#' @examples
+#' if (sccbgm_available()) {
+#'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
+#'   model <- sccbgm_fit(sce, c("concept_0", "cell_type"), seed = 1, epochs = 3,
+#'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
+#'   edited <- sccbgm_edit(model, sce, set = list(concept_0 = 1))
+#'   SummarizedExperiment::assayNames(edited)
+#'   SingleCellExperiment::reducedDimNames(edited)
+#' }
+sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, assay = NULL,
+                        layer = "counts", name = "sccbgm") {
+  .check_model(model)
+  .check_object(object)
+  .check_string(name, "name", null_ok = FALSE)
+  cells <- .cells_arg(object, cells)
+  n_edit <- if (is.null(cells)) ncol(object) else length(cells)
+  set_entries <- .set_spec(set, n_edit)
+  options <- .py_options(...)
+  options$residual <- if (is.null(residual)) NULL else isTRUE(residual)
+  spec <- .engine_spec(object, assay, layer, model$concepts)
+  res <- .r(.py_call(.bridge()$edit(model$py, spec, set_entries,
+                                    cells = if (is.null(cells)) NULL else .np_chr(cells),
+                                    options = options)))
+  out_cells <- .chr(res$obs_names)
+  genes <- .chr(res$var_names)
+  concept_names <- .chr(res$concept_names)
+  object <- .subset_cells(object, out_cells)
+  m <- .matrix_from_spec(res$X, rownames = genes, colnames = out_cells)
+  object <- .add_expression(object, name, m)
+  object <- .add_embedding(object, paste0(name, "_concepts"),
+                           .embedding_from_spec(res$concepts_edited, out_cells),
+                           concept_names, "concepts", name)
+  object <- .add_embedding(object, paste0(name, "_concepts_factual"),
+                           .embedding_from_spec(res$concepts_factual, out_cells),
+                           concept_names, "factual", name)
+  unknown <- .embedding_from_spec(res$unknown, out_cells)
+  object <- .add_embedding(object, paste0(name, "_unknown"), unknown,
+                           paste0("unknown_", seq_len(ncol(unknown %||% matrix(0, 0, 0)))),
+                           "unknown", name)
+  edited <- .frame_from_spec(res$obs, out_cells)
+  if (ncol(edited)) colnames(edited) <- paste0(name, "_", colnames(edited))
+  object <- .add_meta(object, edited)
+  record <- c(list(set = set, concept_names = concept_names), res$info)
+  .add_record(object, name, record)
+}
+
+#' Concepts and unknown factors of cells
+#'
+#' Encodes cells with a fitted model and adds the predicted concepts (probabilities for binary
+#' concepts, values scaled to \[0, 1\] for continuous ones), the unknown factors and the latent
+#' representation as `<name>_concepts`, `<name>_unknown` and `<name>_latent`: DimReduc objects of
+#' a Seurat object (concept names in `Misc(reduction)$dimension_names`) or `reducedDims` of a
+#' SingleCellExperiment.
+#'
+#' @inheritParams sccbgm_edit
+#' @param name Prefix of the reductions.
+#' @return The object with the reductions added.
+#' @seealso [sccbgm_edit()]
+#' @export
+#' @examples
+#' if (sccbgm_available()) {
+#'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
+#'   model <- sccbgm_fit(sce, "concept_0", seed = 1, epochs = 3,
+#'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
+#'   sce <- sccbgm_encode(model, sce)
+#'   head(SingleCellExperiment::reducedDim(sce, "sccbgm_concepts"))
+#' }
+sccbgm_encode <- function(model, object, assay = NULL, layer = "counts", name = "sccbgm") {
+  .check_model(model)
+  .check_object(object)
+  .check_string(name, "name", null_ok = FALSE)
+  spec <- .engine_spec(object, assay, layer, character())
+  res <- .r(.py_call(.bridge()$encode(model$py, spec)))
+  cells <- .chr(res$obs_names)
+  concepts <- .embedding_from_spec(res$concepts, cells)
+  used <- if (.is_seurat(object)) assay %||% SeuratObject::DefaultAssay(object) else NULL
+  object <- .add_embedding(object, paste0(name, "_concepts"), concepts,
+                           .chr(res$concept_names), "concepts", name, used)
+  unknown <- .embedding_from_spec(res$unknown, cells)
+  object <- .add_embedding(object, paste0(name, "_unknown"), unknown,
+                           paste0("unknown_", seq_len(ncol(unknown))), "unknown", name, used)
+  latent <- .embedding_from_spec(res$latent, cells)
+  .add_embedding(object, paste0(name, "_latent"), latent,
+                 paste0("latent_", seq_len(ncol(latent))), "latent", name, used)
+}
+
+#' Save and load models
+#'
+#' `sccbgm_save()` writes a fitted model to one file (safetensors weights plus a JSON header, no
+#' pickle); `sccbgm_load()` reads it. The file is the one `sccbgm.save()` / `sccbgm.load()`
+#' write and read in Python, so models move freely between R and Python.
+#'
+#' @param model An `sccbgm_model`.
+#' @param path File path.
+#' @return `sccbgm_save()`: the normalised path, invisibly. `sccbgm_load()`: an `sccbgm_model`.
+#' @export
+#' @examples
+#' if (sccbgm_available()) {
+#'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
+#'   model <- sccbgm_fit(sce, "concept_0", seed = 1, epochs = 3,
+#'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
+#'   path <- tempfile(fileext = ".sccbgm")
+#'   sccbgm_save(model, path)
+#'   sccbgm_load(path)
+#' }
+sccbgm_save <- function(model, path) {
+  .check_model(model)
+  .check_string(path, "path", null_ok = FALSE)
+  invisible(.r(.py_call(.bridge()$save(model$py, path.expand(path)))))
+}
+
+#' @rdname sccbgm_save
+#' @export
+sccbgm_load <- function(path) {
+  .check_string(path, "path", null_ok = FALSE)
+  .new_model(.py_call(.bridge()$load(path.expand(path))))
+}

@@ -1,0 +1,4 @@
+library(testthat)
+library(sccbgm)
+
+test_check("sccbgm")
