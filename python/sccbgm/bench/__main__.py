@@ -1,0 +1,3 @@
+from sccbgm.bench import main
+
+raise SystemExit(main())
