@@ -23,7 +23,7 @@ _LAZY = {
     "encode": ("sccbgm.api", "encode"),
     "save": ("sccbgm.api", "save"),
     "load": ("sccbgm.api", "load"),
-    "evaluate": ("sccbgm.evaluate", "evaluate"),
+    "evaluate": ("sccbgm.evaluation", "evaluate"),
     "simulate": ("sccbgm.simulation", "simulate"),
     "simulate_counterfactual": ("sccbgm.simulation", "simulate_counterfactual"),
     "metrics": ("sccbgm.metrics", None),
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from sccbgm import metrics
     from sccbgm.api import edit, encode, fit, load, save
     from sccbgm.errors import SCCBGMError
-    from sccbgm.evaluate import evaluate
+    from sccbgm.evaluation import evaluate
     from sccbgm.simulation import simulate, simulate_counterfactual
 
 
