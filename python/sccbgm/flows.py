@@ -169,10 +169,15 @@ class Counterfactual:
                 raise SCCBGMError(f"n_steps must be a positive integer, not {n_steps!r}.")
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
                 raise SCCBGMError(f"seed must be a non-negative integer or None, not {seed!r}.")
+            if mode == "edit" and seed is not None:
+                raise SCCBGMError(
+                    "seed applies to mode='decode' only: mode='edit' inverts each cell to its own "
+                    "noise and draws none, so leave seed unset (or use mode='decode')."
+                )
             if mode == "decode" and seed is None:
                 seed = int(np.random.SeedSequence().generate_state(1)[0] % (2**31))
             self.mode, self.n_steps = mode, int(n_steps)
-            self.seed = int(seed) if seed is not None and mode == "decode" else None
+            self.seed = int(seed) if seed is not None else None
             self._generator = torch.Generator().manual_seed(self.seed) if self.seed is not None else None
         first = next(iter(self.parts.values()))
         self.device = next(first.parameters()).device
@@ -206,7 +211,7 @@ class Counterfactual:
         x = tensor(features)
         ab = abduct(self.parts, x, tensor(observed), tensor(observed_mask))
         c_fact = ab["concepts"]
-        c_edit = torch.where(torch.from_numpy(assigned).to(dev), tensor(target), c_fact)
+        c_edit = torch.where(torch.from_numpy(np.array(assigned, dtype=bool)).to(dev), tensor(target), c_fact)
         noise = None
         if not self.is_flow:
             edited = decode(self.parts, ab, c_edit)

@@ -90,7 +90,7 @@ class SCCBGMConfig:
         if self.orthogonality == "cosine" and self.known_dim != self.unknown_dim:
             what = (
                 f"K * concept_embedding_dim = {self.n_concepts} * {self.concept_embedding_dim}"
-                if self.bottleneck == "cem" else f"the number of concept dimensions K = {self.n_concepts}"
+                if self.bottleneck == "cem" else "the number of concept dimensions K"
             )
             raise SCCBGMError(
                 f"orthogonality='cosine' compares the known and unknown embeddings entry by entry, so "
