@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _common import (
+    DEFAULT_HVG_FLAVOR,
     Source,
     add_progeny,
     base_parser,
@@ -213,6 +214,7 @@ def prepare(
     adata: Any,
     *,
     n_top_genes: int = 3000,
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     min_task_cells: int = 5,
     pairs: Sequence[tuple[str, str]] = TASK_PAIRS,
     broad_extra: Mapping[str, str] | None = None,
@@ -235,7 +237,7 @@ def prepare(
     say(f"normalised to the median library size {norm['target_sum']:.0f}, log1p")
     pathway_names = add_progeny(adata, "mouse", progeny_weights) if progeny else []
     n_genes_in = adata.n_vars
-    adata, hvg = select_hvg(adata, n_top_genes)
+    adata, hvg = select_hvg(adata, n_top_genes, hvg_flavor)
     say(f"genes: {n_genes_in} in, {hvg['n_genes_detected']} detected, {hvg['n_hvg']} highly variable kept")
     cytokine_columns = add_cytokine_concepts(adata)
     tasks = build_tasks(adata.obs, pairs, min_task_cells)
@@ -299,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         source = {"files": [info for _, info in files]}
         adata = load_rds([path for path, _ in files], work / "converted")
     adata, spec = prepare(
-        adata, n_top_genes=args.n_top_genes, min_task_cells=args.min_task_cells,
+        adata, n_top_genes=args.n_top_genes, hvg_flavor=args.hvg_flavor, min_task_cells=args.min_task_cells,
         broad_extra=read_broad_map(args.broad_map), progeny=args.progeny,
         progeny_weights=args.progeny_weights, seed=args.seed, source=source, h5ad_name=h5ad_path.name,
     )

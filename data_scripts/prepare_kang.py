@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _common import (
+    DEFAULT_HVG_FLAVOR,
     Source,
     add_progeny,
     base_parser,
@@ -186,6 +187,7 @@ def prepare(
     adata: Any,
     *,
     n_top_genes: int = 3000,
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     n_pcs: int = 50,
     leiden_resolution: float = 0.3,
     n_neighbors: int = 15,
@@ -210,7 +212,7 @@ def prepare(
     say(f"normalised to the median library size {norm['target_sum']:.0f}, log1p")
     pathway_names = add_progeny(adata, "human", progeny_weights) if progeny else []
     n_genes_in = adata.n_vars
-    adata, hvg = select_hvg(adata, n_top_genes)
+    adata, hvg = select_hvg(adata, n_top_genes, hvg_flavor)
     say(f"genes: {n_genes_in} in, {hvg['n_genes_detected']} detected, {hvg['n_hvg']} highly variable kept")
     harmony_embedding(adata, n_pcs, seed)
     table = leiden_subtypes(adata, leiden_resolution, n_neighbors, seed)
@@ -276,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     adata = ad.read_h5ad(path)
     task_types = None if args.task_types == "all" else [t.strip() for t in args.task_types.split(",") if t.strip()]
     adata, spec = prepare(
-        adata, n_top_genes=args.n_top_genes, n_pcs=args.n_pcs, leiden_resolution=args.leiden_resolution,
+        adata, n_top_genes=args.n_top_genes, hvg_flavor=args.hvg_flavor, n_pcs=args.n_pcs, leiden_resolution=args.leiden_resolution,
         n_neighbors=args.n_neighbors, task_types=task_types, min_task_cells=args.min_task_cells,
         progeny=args.progeny, progeny_weights=args.progeny_weights, condition_key=args.condition_key,
         cell_type_key=args.cell_type_key, seed=args.seed, source=source, h5ad_name=h5ad_path.name,

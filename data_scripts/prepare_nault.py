@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from _common import (
+    DEFAULT_HVG_FLAVOR,
     add_progeny,
     base_parser,
     integer_counts,
@@ -243,6 +244,7 @@ def prepare(
     adata: Any,
     *,
     n_top_genes: int = 3000,
+    hvg_flavor: str = DEFAULT_HVG_FLAVOR,
     min_task_cells: int = 5,
     progeny: bool = True,
     progeny_weights: str | None = None,
@@ -264,7 +266,7 @@ def prepare(
     say(f"normalised to the median library size {norm['target_sum']:.0f}, log1p")
     pathway_names = add_progeny(adata, "mouse", progeny_weights) if progeny else []
     n_genes_in = adata.n_vars
-    adata, hvg = select_hvg(adata, n_top_genes)
+    adata, hvg = select_hvg(adata, n_top_genes, hvg_flavor)
     say(f"genes: {n_genes_in} in, {hvg['n_genes_detected']} detected, {hvg['n_hvg']} highly variable kept")
     tasks = build_dose_tasks(adata.obs, min_task_cells)
     if pathway_names:
@@ -324,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         raise SCCBGMError(f"--from {src}: no such file or folder.")
     adata, spec = prepare(
-        adata, n_top_genes=args.n_top_genes, min_task_cells=args.min_task_cells, progeny=args.progeny,
+        adata, n_top_genes=args.n_top_genes, hvg_flavor=args.hvg_flavor, min_task_cells=args.min_task_cells, progeny=args.progeny,
         progeny_weights=args.progeny_weights, broad_extra=read_broad_map(args.broad_map), seed=args.seed, source=source,
         h5ad_name=h5ad_path.name,
     )

@@ -92,6 +92,19 @@ def test_hvg_count_adapts_to_few_detected_genes(common):
     assert info["n_genes_detected"] == 30 and kept.n_vars == 30
 
 
+def test_hvg_by_mean_expression_and_unknown_flavor(common):
+    rng = np.random.default_rng(1)
+    x = rng.poisson(np.linspace(0.1, 5.0, 50)[None, :], size=(80, 50)).astype(np.float32)
+    a = ad.AnnData(sp.csr_matrix(x), var=pd.DataFrame(index=[f"g{i}" for i in range(50)]))
+    common.normalize_log(a)
+    means = np.asarray(a.X.mean(axis=0)).ravel()
+    kept, info = common.select_hvg(a.copy(), 10, "mean")
+    assert set(kept.var_names) == set(a.var_names[np.argsort(-means)[:10]]) and info["hvg_flavor"] == "mean"
+    assert common.select_hvg(a.copy(), 10, "seurat")[0].n_vars == 10
+    with pytest.raises(SCCBGMError, match="HVG flavour"):
+        common.select_hvg(a, 10, "variance")
+
+
 # ----------------------------------------------------------------------------- Kang (real cells)
 @pytest.fixture(scope="module")
 def kang_run(tmp_path_factory):
@@ -126,6 +139,9 @@ def test_kang_outputs_have_the_documented_columns(kang_run):
     expected = np.log1p(counts.toarray() / a.obs["total_counts"].to_numpy()[:, None] * target)
     np.testing.assert_allclose(a.X.toarray(), expected, rtol=1e-5, atol=1e-5)
     assert "X_pca_harmony" in a.obsm
+    # the interferon response genes the Kang task is about survive the gene selection
+    assert {"ISG15", "IFI6", "IFIT1", "IFIT3", "RSAD2", "CXCL10"} <= set(a.var_names)
+    assert a.uns["preparation"]["hvg_flavor"] == "cell_ranger"
 
 
 @needs_kang

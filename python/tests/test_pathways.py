@@ -146,3 +146,55 @@ def test_activities_on_a_small_matrix(tmp_path):
         pathways.progeny_activities(ad.AnnData(sp.csr_matrix(x * 20), var=a.var), weights=path)
     with pytest.raises(SCCBGMError, match="target genes"):
         pathways.progeny_activities(ad.AnnData(np.ones((3, 4))), weights=path)
+
+
+# ----------------------------------------------------------------------------- pathway concepts drive an edit
+ISGS = ("ISG15", "IFI6", "IFIT1", "IFIT2", "IFIT3", "RSAD2", "IRF7", "ISG20", "IFITM3", "CXCL10", "TNFSF10", "GBP1")
+
+
+@pytest.fixture(scope="module")
+def jak_stat_edit(kang_lognorm):
+    """scCBGM with PROGENy JAK-STAT (continuous, decoupler ulm on the local weights) and cell_type
+    as concepts, trained without the stimulated CD14+ monocytes and without any stimulation label;
+    the control monocytes are edited to the mean JAK-STAT activity of the stimulated training cells
+    (raise) and to that of the control training cells (keep)."""
+    import scanpy as sc
+
+    import sccbgm
+
+    a = kang_lognorm.copy()
+    col = pathways.add_pathway_concepts(a, pathways=["JAK-STAT"])[0]  # scored on all genes
+    genes = sc.pp.highly_variable_genes(a, n_top_genes=2000, flavor="cell_ranger", inplace=False)["highly_variable"]
+    a = a[:, genes.to_numpy()].copy()
+    mono = (a.obs["cell_type"] == "CD14+Mono").to_numpy()
+    stim = (a.obs["condition"] == "stim").to_numpy()
+    train, ctrl = a[~(mono & stim)].copy(), a[mono & ~stim].copy()
+    high = float(train.obs.loc[(train.obs["condition"] == "stim").to_numpy(), col].mean())
+    low = float(train.obs.loc[(train.obs["condition"] == "ctrl").to_numpy(), col].mean())
+    model = sccbgm.fit(train, [col, "cell_type"], seed=0, epochs=30, progress=False)
+    x_ctrl = ctrl.X.toarray().mean(0)
+    raise_ = np.asarray(sccbgm.edit(model, ctrl, set={col: high}).X).mean(0) - x_ctrl
+    keep = np.asarray(sccbgm.edit(model, ctrl, set={col: low}).X).mean(0) - x_ctrl
+    real = a[mono & stim].X.toarray().mean(0) - x_ctrl
+    return pd.DataFrame({"raise": raise_, "keep": keep, "real": real}, index=a.var_names), (high, low)
+
+
+@needs_data
+def test_jak_stat_edit_moves_interferon_genes_like_stimulation(jak_stat_edit):
+    """Tolerance: every ISG that real stimulation raises by > 0.5 (log1p units) goes up (sign
+    agreement 100%), by at least 10% of the real change on average; over the 100 genes that real
+    stimulation changes most, the predicted and real changes correlate with Pearson r >= 0.7."""
+    lfc, (high, low) = jak_stat_edit
+    assert high > low + 0.3  # JAK-STAT concept: stimulated cells far above control cells
+    isg = lfc.loc[[g for g in ISGS if g in lfc.index]]
+    up = isg[isg["real"] > 0.5]
+    assert len(up) >= 8
+    print(up.round(3))
+    assert (up["raise"] > 0).all()
+    assert (up["raise"] / up["real"]).mean() > 0.1
+    top = lfc.loc[lfc["real"].abs().sort_values(ascending=False).index[:100]]
+    r = np.corrcoef(top["raise"], top["real"])[0, 1]
+    print(f"Pearson r of predicted vs real change over the top-100 genes: {r:.3f}")
+    assert r >= 0.7
+    # setting JAK-STAT to the control level barely moves them: the change comes from the concept
+    assert up["keep"].abs().mean() < 0.25 * up["raise"].mean()
