@@ -50,6 +50,7 @@ def fit(
     representation: str = "pca",
     n_pcs: int | None = None,
     input_kind: str = "auto",
+    concept_directions: bool = True,
     residual: bool = True,
     device: str = "auto",
     num_threads: int | None = None,
@@ -87,6 +88,10 @@ def fit(
         training cells (D.4); ``"genes"``: on all log-normalised genes.
     input_kind
         ``"auto"`` (integers -> counts), ``"counts"`` or ``"lognorm"``.
+    concept_directions
+        With ``representation="pca"``: complete the PCs with the concepts' least-squares effect
+        directions (at most K more features), so that weak concept effects, which the top PCs
+        miss, can be represented and edited (see :mod:`sccbgm.data`). False: PCs only (D.4).
     residual
         Default edit output of this model (see :func:`edit`).
     device
@@ -160,9 +165,11 @@ def fit(
     else:
         spec = ConceptSpec.from_obs(adata.obs, concepts)
         matrix = get_matrix(adata, layer)
+        values, mask = spec.encode(adata.obs)
         transform = InputTransform.fit(
             matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
             n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
+            concepts=values if concept_directions else None, concept_mask=mask,
         )
     values, mask = spec.encode(adata.obs)
     if model == "vanilla-fm":
@@ -176,6 +183,7 @@ def fit(
     options_record = {
         "model": model, "concepts": list(spec.column_names), "preset": preset, "layer": layer,
         "representation": representation, "n_pcs": n_pcs, "input_kind": transform.input_kind,
+        "concept_directions": transform.n_concept_directions,
         "residual": bool(residual), "module": cfg["module"], "train": cfg["train"],
         "n_train_cells": int(adata.n_obs),
     }
