@@ -29,6 +29,12 @@ install_r() {
         apt-get install -y -qq --no-install-recommends "${r_debs[@]}" >/dev/null
         apt-get install -y -qq --no-install-recommends r-bioc-biocstyle >/dev/null 2>&1 || log "r-bioc-biocstyle not available; vignette uses html_vignette"
     fi
+    if ! Rscript -e 'quit(status = !requireNamespace("BiocStyle", quietly = TRUE))' >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends r-bioc-biocstyle >/dev/null 2>&1 \
+            || log "r-bioc-biocstyle not available; vignette uses html_vignette"
+    fi
+    # Seurat 4 (slots) or 5 (assay v5 layers): the R package detects which at run time
+    log "SeuratObject $(Rscript -e 'cat(as.character(packageVersion("SeuratObject")))' 2>/dev/null || echo '?')"
 }
 
 # Echo pip requirement pins that depend on the R side (reticulate refuses numpy 2 before 1.29;

@@ -539,9 +539,13 @@ def encode(model: Any, spec: Mapping[str, Any], *, cells: Any = None) -> Spec:
 
 
 def model_info(model: Any) -> Spec:
-    """The plain facts about a model that R shows: name, concepts, concept names, genes."""
+    """The plain facts about a model that R shows: name, concepts, concept names, genes and the
+    kind of input it was fitted on (``input_kind``: "counts" or "lognorm"; None if unrecorded)."""
+    options = getattr(model, "options", None) or {}
+    input_kind = options.get("input_kind")
     return {
         "name": str(getattr(model, "name", "sccbgm")),
+        "input_kind": None if input_kind is None else str(input_kind),
         "concepts": _str_array(model.concepts),
         "concept_names": _str_array(model.concept_names),
         "genes": _str_array(model.genes),
@@ -564,13 +568,25 @@ def load(path: str) -> Any:
     return api.load(str(path))
 
 
-def simulate(options: Mapping[str, Any] | None = None) -> Spec:
+def simulate(options: Mapping[str, Any] | None = None, counterfactual: Any = None) -> Spec:
     """:func:`sccbgm.simulate` with keyword ``options`` (None dropped) -> AnnData spec.
 
-    The simulated counts become R's ``counts`` assay (``X_name``).
+    The simulated counts become R's ``counts`` assay (``X_name``). ``counterfactual``: edit
+    targets as for :func:`set_from_spec` (e.g. ``concept_0 = 1``); when given, the exact
+    counterfactual counts of every cell under them (:func:`sccbgm.simulate_counterfactual`, same
+    exogenous noise) are added as layer ``counterfactual_counts`` and the edited concept values
+    as obs columns ``counterfactual_<concept>``.
     """
     kwargs = {str(k): v for k, v in _as_dict(options).items() if v is not None}
     adata = _public("simulate")(**kwargs)
+    if counterfactual is not None:
+        set_ = set_from_spec(counterfactual)
+        truth = _public("simulate_counterfactual")(adata, set_)
+        adata.layers["counterfactual_counts"] = np.asarray(truth.X)
+        for column in set_:
+            if column in truth.obs.columns:
+                adata.obs[f"counterfactual_{column}"] = truth.obs[column].to_numpy()
+    adata.uns.clear()
     out = anndata_to_spec(adata)
     if out["X_name"] is None:
         out["X_name"] = "counts"

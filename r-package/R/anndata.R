@@ -188,17 +188,7 @@ anndata_to_seurat <- function(adata, assay = "RNA", X_name = NULL, project = "Se
     stop("the AnnData has neither X nor a 'counts' / 'data' layer to build a Seurat assay.",
          call. = FALSE)
   }
-  if (.seurat5()) {
-    create <- getExportedValue("SeuratObject", "CreateAssay5Object")
-    a <- create(counts = mats$counts, data = mats$data)
-  } else if (!is.null(mats$counts)) {
-    a <- SeuratObject::CreateAssayObject(counts = mats$counts)
-    if (!is.null(mats$data)) {
-      a <- SeuratObject::SetAssayData(a, slot = "data", new.data = mats$data)
-    }
-  } else {
-    a <- SeuratObject::CreateAssayObject(data = mats$data)
-  }
+  a <- .new_seurat_assay(counts = mats$counts, data = mats$data)
   SeuratObject::Key(a) <- .assay_key(assay)
   object <- SeuratObject::CreateSeuratObject(a, assay = assay, project = project)
   obs <- .frame_from_spec(spec$obs, cells)

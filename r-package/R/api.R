@@ -27,7 +27,7 @@
   info <- .r(.py_call(.bridge()$model_info(py)))
   structure(list(py = py, name = info$name, concepts = .chr(info$concepts),
                  concept_names = .chr(info$concept_names), genes = .chr(info$genes),
-                 description = info$description),
+                 input_kind = info$input_kind, description = info$description),
             class = "sccbgm_model")
 }
 
@@ -49,6 +49,7 @@ print.sccbgm_model <- function(x, ...) {
   cat("  concepts (metadata columns):", paste(x$concepts, collapse = ", "), "\n")
   cat("  concept dimensions:", length(x$concept_names), "\n")
   cat("  genes:", length(x$genes), "\n")
+  if (!is.null(x$input_kind)) cat("  input:", x$input_kind, "\n")
   invisible(x)
 }
 
@@ -73,7 +74,8 @@ print.sccbgm_model <- function(x, ...) {
 #'   Python integers.
 #' @param assay Seurat only: the assay (default: the default assay).
 #' @param layer The expression matrix: a Seurat slot / layer (`"counts"`, `"data"`) or an SCE
-#'   assay name (`"counts"`, `"logcounts"`). Default `"counts"`.
+#'   assay name (`"counts"`, `"logcounts"`). `NULL` (default): the raw counts when the object
+#'   has them, else the log-normalised values (Seurat `data`, SCE `logcounts`).
 #' @param model Model family, `"sccbgm"`.
 #' @param seed Integer seed (weight initialisation and minibatch order); the same seed gives the
 #'   same model on CPU. `NULL` draws one.
@@ -91,7 +93,7 @@ print.sccbgm_model <- function(x, ...) {
 #'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
 #'   model
 #' }
-sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = "counts",
+sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
                        progress = interactive()) {
   .check_object(object)
@@ -105,7 +107,7 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = "counts",
     }
     options$epochs <- as.integer(epochs)
   }
-  spec <- .engine_spec(object, assay, layer, concepts)
+  spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay), concepts)
   bridge <- .bridge()
   py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
                             preset = preset, progress = isTRUE(progress), options = options))
@@ -168,7 +170,9 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = "counts",
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).
-#' @param assay,layer The expression matrix, as in [sccbgm_fit()].
+#' @param assay,layer The expression matrix, as in [sccbgm_fit()]. `layer = NULL` (default)
+#'   takes the kind the model was fitted on: `"counts"` for a model fitted on raw counts,
+#'   `"data"` (Seurat) or `"logcounts"` (SCE) for one fitted on log-normalised values.
 #' @param name Name of the new assay / altExp and prefix of the reductions and metadata columns.
 #' @return The object (subset to `cells`) with the edit added, see Details.
 #' @seealso [sccbgm_fit()], [sccbgm_evaluate()]
@@ -183,7 +187,7 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = "counts",
 #'   SingleCellExperiment::reducedDimNames(edited)
 #' }
 sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, assay = NULL,
-                        layer = "counts", name = "sccbgm") {
+                        layer = NULL, name = "sccbgm") {
   .check_model(model)
   .check_object(object)
   .check_string(name, "name", null_ok = FALSE)
@@ -192,6 +196,7 @@ sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, 
   set_entries <- .set_spec(set, n_edit)
   options <- .py_options(...)
   options$residual <- if (is.null(residual)) NULL else isTRUE(residual)
+  layer <- .default_layer(object, layer, model$input_kind, assay)
   spec <- .engine_spec(object, assay, layer, model$concepts)
   res <- .r(.py_call(.bridge()$edit(model$py, spec, set_entries,
                                     cells = if (is.null(cells)) NULL else .np_chr(cells),
@@ -215,7 +220,7 @@ sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, 
   edited <- .frame_from_spec(res$obs, out_cells)
   if (ncol(edited)) colnames(edited) <- paste0(name, "_", colnames(edited))
   object <- .add_meta(object, edited)
-  record <- c(list(set = set, concept_names = concept_names), res$info)
+  record <- c(list(set = set, concept_names = concept_names, layer = layer), res$info)
   .add_record(object, name, record)
 }
 
@@ -240,10 +245,11 @@ sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, 
 #'   sce <- sccbgm_encode(model, sce)
 #'   head(SingleCellExperiment::reducedDim(sce, "sccbgm_concepts"))
 #' }
-sccbgm_encode <- function(model, object, assay = NULL, layer = "counts", name = "sccbgm") {
+sccbgm_encode <- function(model, object, assay = NULL, layer = NULL, name = "sccbgm") {
   .check_model(model)
   .check_object(object)
   .check_string(name, "name", null_ok = FALSE)
+  layer <- .default_layer(object, layer, model$input_kind, assay)
   spec <- .engine_spec(object, assay, layer, character())
   res <- .r(.py_call(.bridge()$encode(model$py, spec)))
   cells <- .chr(res$obs_names)

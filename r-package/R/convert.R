@@ -9,7 +9,9 @@
 
 # A 1-D numpy array of x's type (double -> float64, integer -> int32, logical -> bool,
 # character -> str objects). `array()` keeps length-1 vectors arrays (not Python scalars).
+# (Python starts here at the latest, so check first that it is the right one, with sccbgm.)
 .np1 <- function(x) {
+  .require_python()
   reticulate::r_to_py(array(x, dim = length(x)))
 }
 
@@ -158,15 +160,18 @@
 
 # Python AnnData -> (R list) AnnData spec
 .anndata_spec <- function(adata, layers = TRUE, obsm = TRUE) {
-  if (is.character(adata) && length(adata) == 1L) {
-    ad <- reticulate::import("anndata", convert = FALSE)
-    adata <- .py_call(ad$read_h5ad(adata))
-  }
-  if (!inherits(adata, "python.builtin.object")) {
+  is_path <- is.character(adata) && length(adata) == 1L && !is.na(adata)
+  if (!is_path && !inherits(adata, "python.builtin.object")) {
     stop("`adata` must be a Python AnnData object (or the path of an .h5ad file), not ",
          .class_name(adata), ".", call. = FALSE)
   }
-  .r(.py_call(.bridge()$anndata_to_spec(adata, layers = layers, obsm = obsm)))
+  bridge <- .bridge()
+  if (is_path) {
+    if (!file.exists(adata)) stop("no .h5ad file at '", adata, "'.", call. = FALSE)
+    ad <- reticulate::import("anndata", convert = FALSE)
+    adata <- .py_call(ad$read_h5ad(path.expand(adata)))
+  }
+  .r(.py_call(bridge$anndata_to_spec(adata, layers = layers, obsm = obsm)))
 }
 
 .class_name <- function(x) paste0("<", class(x)[1], ">")

@@ -3,8 +3,37 @@
 .is_seurat <- function(x) inherits(x, "Seurat")
 .is_sce <- function(x) methods::is(x, "SingleCellExperiment")
 
-# Seurat 5 (SeuratObject >= 5: assay v5 layers, LayerData) or Seurat 4 (slots, GetAssayData)?
+# Seurat 5 (SeuratObject >= 5: LayerData / Layers for v3 and v5 assays alike) or Seurat 4
+# (slots, GetAssayData)? Detected from the installed SeuratObject, never assumed.
 .seurat5 <- function() utils::packageVersion("SeuratObject") >= "5.0.0"
+
+# Should a new assay be a v5 Assay5? Only with SeuratObject >= 5; then like the assay `like`
+# (v5 assays are "StdAssay"s) when given, else as SeuratObject's own default for new assays
+# (option Seurat.object.assay.version, "v5" unless the user chose "v3").
+.use_assay5 <- function(like = NULL) {
+  if (!.seurat5()) return(FALSE)
+  if (!is.null(like)) return(inherits(like, "StdAssay"))
+  !identical(getOption("Seurat.object.assay.version", "v5"), "v3")
+}
+
+# A new Seurat assay holding `counts` and / or `data` (genes x cells), v3 or v5 (see above).
+.new_seurat_assay <- function(counts = NULL, data = NULL, like = NULL) {
+  if (.use_assay5(like)) {
+    create <- getExportedValue("SeuratObject", "CreateAssay5Object")
+    return(create(counts = counts, data = data))
+  }
+  if (is.null(counts)) return(SeuratObject::CreateAssayObject(data = data))
+  a <- SeuratObject::CreateAssayObject(counts = counts)
+  if (!is.null(data)) {
+    if (.seurat5()) {
+      setter <- getExportedValue("SeuratObject", "LayerData<-")
+      a <- setter(a, layer = "data", value = data)
+    } else {
+      a <- SeuratObject::SetAssayData(a, slot = "data", new.data = data)
+    }
+  }
+  a
+}
 
 .check_object <- function(object, arg = "object") {
   if (!.is_seurat(object) && !.is_sce(object)) {
@@ -29,9 +58,22 @@
 
 .meta_label <- function(object) if (.is_seurat(object)) "meta.data" else "colData"
 
-.default_layer <- function(object, layer) {
+# The expression matrix to use when `layer` is NULL. For a fit (`input_kind` NULL): raw counts
+# when the object has them, else the log-normalised matrix; for a model: the kind it was fitted
+# on ("counts" -> the counts, "lognorm" -> Seurat's `data` / SCE's `logcounts`).
+.default_layer <- function(object, layer, input_kind = NULL, assay = NULL) {
   if (!is.null(layer)) return(layer)
-  "counts"
+  lognorm <- if (.is_seurat(object)) "data" else "logcounts"
+  if (identical(input_kind, "lognorm")) return(lognorm)
+  if (identical(input_kind, "counts")) return("counts")
+  has_counts <- if (.is_seurat(object)) {
+    assay <- assay %||% SeuratObject::DefaultAssay(object)
+    assay %in% SeuratObject::Assays(object) && "counts" %in% .seurat_layers(object, assay)
+  } else {
+    "counts" %in% SummarizedExperiment::assayNames(object)
+  }
+  if (has_counts || (!.is_seurat(object) &&
+                     !lognorm %in% SummarizedExperiment::assayNames(object))) "counts" else lognorm
 }
 
 # genes x cells expression matrix of a Seurat assay layer (slot) or an SCE assay
@@ -172,11 +214,7 @@
 # Add the edited (genes x cells, log-normalised) matrix as assay `name`.
 .add_expression <- function(object, name, m) {
   if (.is_seurat(object)) {
-    if (.seurat5()) {
-      assay <- getExportedValue("SeuratObject", "CreateAssay5Object")(data = m)
-    } else {
-      assay <- SeuratObject::CreateAssayObject(data = m)
-    }
+    assay <- .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
     SeuratObject::Key(assay) <- .assay_key(name)
     object[[name]] <- assay
     return(object)

@@ -1,6 +1,6 @@
 # Python side: which interpreter, is sccbgm there, and calling it with clean R errors.
 
-# Delay-loaded modules (see .onLoad in zzz.R). `convert = FALSE`: results stay Python objects
+# Delay-loaded modules (see .onLoad below). `convert = FALSE`: results stay Python objects
 # and are converted explicitly (R/convert.R), never by reticulate's automatic conversions.
 .py <- new.env(parent = emptyenv())
 

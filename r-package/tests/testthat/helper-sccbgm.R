@@ -15,6 +15,43 @@ skip_if_no_sccbgm <- function() {
 
 bridge <- function() reticulate::import("sccbgm.bridge", convert = FALSE)
 
+# A Seurat assay's layer (Seurat 5) / slot (Seurat 4), whichever this SeuratObject has.
+layer_data <- function(object, layer, assay = NULL) {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  if (utils::packageVersion("SeuratObject") >= "5.0.0") {
+    getExportedValue("SeuratObject", "LayerData")(object, assay = assay, layer = layer)
+  } else {
+    SeuratObject::GetAssayData(object, assay = assay, slot = layer)
+  }
+}
+
+# Run R code in a fresh R process (a new Python can only start in a fresh process) with the
+# environment `env` (name = value; NA unsets); sccbgm is loaded as this test run has it (the
+# source tree under devtools / testthat::test_local, else the installed package).
+run_fresh_r <- function(code, env = character()) {
+  pkg_root <- normalizePath(testthat::test_path("..", ".."), mustWork = FALSE)
+  dev <- requireNamespace("pkgload", quietly = TRUE) && pkgload::is_dev_package("sccbgm") &&
+    file.exists(file.path(pkg_root, "DESCRIPTION"))
+  load <- if (dev) sprintf("pkgload::load_all(%s, quiet = TRUE)", deparse(pkg_root)) else
+    "suppressPackageStartupMessages(library(sccbgm))"
+  script <- tempfile(fileext = ".R")
+  on.exit(unlink(script))
+  writeLines(c(load, code), script)
+  unset <- names(env)[is.na(env)]
+  set <- env[!is.na(env)]
+  old <- Sys.getenv(c(names(env), "R_LIBS"), unset = NA)
+  on.exit({
+    for (nm in names(old)) if (is.na(old[[nm]])) Sys.unsetenv(nm) else
+      do.call(Sys.setenv, stats::setNames(list(old[[nm]]), nm))
+  }, add = TRUE)
+  Sys.setenv(R_LIBS = paste(.libPaths(), collapse = .Platform$path.sep))
+  if (length(set)) do.call(Sys.setenv, as.list(set))
+  if (length(unset)) Sys.unsetenv(unset)
+  out <- suppressWarnings(system2(file.path(R.home("bin"), "Rscript"), c("--vanilla", script),
+                                  stdout = TRUE, stderr = TRUE))
+  structure(out, status = attr(out, "status") %||% 0L)
+}
+
 # small network, few epochs: a fit takes a few seconds on 2 cores
 fit_small <- function(object, concepts, ...) {
   sccbgm_fit(object, concepts, seed = 1, epochs = 4, hidden_dim = 32, latent_dim = 8,

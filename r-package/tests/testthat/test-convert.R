@@ -49,6 +49,9 @@ test_that("dgCMatrix crosses as CSR slots and comes back as the same dgCMatrix",
   expect_identical(py_value(rt$py$format), "csr")
   expect_identical(py_value(rt$py$shape), list(30L, 50L))
   expect_identical(py_value(rt$py$nnz), length(m@x))
+  # Python's (cell j, gene i) is R's m[i, j]
+  dense <- py_value(rt$py$toarray())
+  expect_identical(dense, t(unname(as.matrix(m))))
   expect_s4_class(rt$back, "dgCMatrix")
   expect_identical(rt$back, m)
   # an all-zero sparse matrix
@@ -137,8 +140,8 @@ test_that("Seurat -> AnnData -> Seurat keeps counts, data, meta.data and embeddi
   expect_identical(py_value(adata$shape), list(80L, 230L))
   back <- anndata_to_seurat(adata)
   for (s in c("counts", "data")) {
-    expect_identical(SeuratObject::GetAssayData(back, slot = s),
-                     SeuratObject::GetAssayData(obj, slot = s))
+    expect_identical(layer_data(back, s),
+                     layer_data(obj, s))
   }
   expect_identical(back[[]], obj[[]])
   for (r in c("pca", "tsne")) {

@@ -77,10 +77,49 @@ test_that("simulated data come back as an SCE with integer counts and factor met
   expect_identical(again, sce)
 })
 
+test_that("simulate adds exact counterfactual counts on request", {
+  skip_if_no_sccbgm()
+  sce <- sccbgm_simulate(n_cells = 80, n_genes = 100, seed = 3, concept_sd = 0.4,
+                         counterfactual = list(concept_0 = 1))
+  expect_identical(SummarizedExperiment::assayNames(sce), c("counts", "counterfactual_counts"))
+  expect_identical(sce$counterfactual_concept_0, rep(1L, 80))
+  counts <- SummarizedExperiment::assay(sce, "counts")
+  truth <- SummarizedExperiment::assay(sce, "counterfactual_counts")
+  expect_identical(storage.mode(truth), "integer")
+  on <- sce$concept_0 == 1
+  expect_true(any(on) && any(!on))
+  # cells that already have concept_0 = 1 are their own counterfactual; the others change
+  expect_identical(truth[, on], counts[, on])
+  expect_gt(mean(truth[, !on] != counts[, !on]), 0.05)
+  # the factual data are those of the plain simulation
+  plain <- sccbgm_simulate(n_cells = 80, n_genes = 100, seed = 3, concept_sd = 0.4)
+  expect_identical(SummarizedExperiment::assay(plain, "counts"), counts)
+  expect_error(sccbgm_simulate(n_cells = 10, counterfactual = list(1)), "must be a named list")
+})
+
 test_that("SCE-specific argument errors", {
   skip_if_no_sccbgm()
   sce <- tiny_sce()
   expect_error(sccbgm_fit(sce, "stim", assay = "RNA"), "applies to Seurat objects only")
   expect_error(sccbgm_fit(sce, "stim", layer = "logcounts"), "assay 'logcounts' not found")
   expect_error(sccbgm_fit(sce, "missing_col"), "not found in the colData")
+})
+
+test_that("an SCE with logcounts only is fitted on them, and its model edits them by default", {
+  skip_if_no_sccbgm()
+  sce <- tiny_sce()
+  logcounts <- as.matrix(log1p(SummarizedExperiment::assay(sce, "counts")))
+  lsce <- SingleCellExperiment::SingleCellExperiment(list(logcounts = logcounts),
+                                                     colData = SummarizedExperiment::colData(sce))
+  model <- fit_small(lsce, c("stim", "flag"))
+  expect_identical(model$input_kind, "lognorm")
+  edited <- sccbgm_edit(model, lsce, set = list(flag = 0))
+  expect_identical(S4Vectors::metadata(edited)$sccbgm$layer, "logcounts")
+  expect_identical(SummarizedExperiment::assayNames(edited), c("logcounts", "sccbgm"))
+  # residual edit toward each cell's own flag changes little; toward the other flag, more
+  own <- sccbgm_edit(model, lsce, set = list(flag = lsce$flag))
+  moved <- abs(SummarizedExperiment::assay(edited, "sccbgm") - logcounts)
+  kept <- abs(SummarizedExperiment::assay(own, "sccbgm") - logcounts)
+  flipped <- lsce$flag == 1
+  expect_lt(mean(kept[, flipped]), mean(moved[, flipped]))
 })

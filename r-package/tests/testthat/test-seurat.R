@@ -14,13 +14,13 @@ test_that("fit and edit on a Seurat object add an assay, reductions and metadata
   expect_s4_class(edited, "Seurat")
   expect_identical(colnames(edited), colnames(obj))
   expect_true("sccbgm" %in% SeuratObject::Assays(edited))
-  data <- SeuratObject::GetAssayData(edited, assay = "sccbgm", slot = "data")
+  data <- layer_data(edited, "data", "sccbgm")
   expect_identical(dim(data), dim(obj))
-  expect_identical(dimnames(data), dimnames(SeuratObject::GetAssayData(obj, slot = "counts")))
+  expect_identical(dimnames(data), dimnames(layer_data(obj, "counts")))
   expect_true(all(is.finite(as.matrix(data))) && min(data) >= 0)
   # the input assay and the factual metadata are untouched
-  expect_identical(SeuratObject::GetAssayData(edited, assay = "RNA", slot = "counts"),
-                   SeuratObject::GetAssayData(obj, slot = "counts"))
+  expect_identical(layer_data(edited, "counts", "RNA"),
+                   layer_data(obj, "counts"))
   expect_identical(edited$stim, obj$stim)
   expect_identical(edited$sccbgm_stim,
                    stats::setNames(factor(rep("STIM", ncol(obj)), levels = c("ctrl", "STIM")),
@@ -46,7 +46,7 @@ test_that("edit a subset of cells, with another assay name and a per-cell target
   edited <- sccbgm_edit(model, obj, set = list(flag = target), cells = cells, name = "cf",
                         residual = FALSE)
   expect_identical(colnames(edited), cells)
-  expect_identical(dim(SeuratObject::GetAssayData(edited, assay = "cf", slot = "data")),
+  expect_identical(dim(layer_data(edited, "data", "cf")),
                    c(nrow(obj), length(cells)))
   expect_identical(unname(edited$cf_flag), as.integer(target))
   expect_false(SeuratObject::Misc(edited, "cf")$residual)
@@ -54,8 +54,8 @@ test_that("edit a subset of cells, with another assay name and a per-cell target
   # the same cells chosen by a logical vector
   by_mask <- sccbgm_edit(model, obj, set = list(flag = target), cells = obj$flag == 0,
                          name = "cf", residual = FALSE)
-  expect_identical(SeuratObject::GetAssayData(by_mask, assay = "cf", slot = "data"),
-                   SeuratObject::GetAssayData(edited, assay = "cf", slot = "data"))
+  expect_identical(layer_data(by_mask, "data", "cf"),
+                   layer_data(edited, "data", "cf"))
 })
 
 test_that("encode adds concept, unknown and latent reductions", {
@@ -70,13 +70,26 @@ test_that("encode adds concept, unknown and latent reductions", {
   expect_identical(SeuratObject::DefaultAssay(enc[["sccbgm_latent"]]), "RNA")
 })
 
-test_that("log-normalised input (the data slot) works too", {
+test_that("log-normalised input (the data slot) works too, and is the default for its model", {
   skip_if_no_sccbgm()
   obj <- tiny_seurat()
+  expect_identical(seurat_model()$input_kind, "counts")
+  expect_identical(SeuratObject::Misc(sccbgm_edit(seurat_model(), obj, set = list(flag = 1)),
+                                      "sccbgm")$layer, "counts")
   model <- fit_small(obj, "stim", layer = "data")
+  expect_identical(model$input_kind, "lognorm")
   edited <- sccbgm_edit(model, obj, set = list(stim = "ctrl"), layer = "data")
-  expect_identical(dim(SeuratObject::GetAssayData(edited, assay = "sccbgm", slot = "data")),
+  expect_identical(dim(layer_data(edited, "data", "sccbgm")),
                    dim(obj))
+  # without `layer`, the model's own kind of input (the data slot) is used
+  by_default <- sccbgm_edit(model, obj, set = list(stim = "ctrl"))
+  expect_identical(SeuratObject::Misc(by_default, "sccbgm")$layer, "data")
+  expect_identical(layer_data(by_default, "data", "sccbgm"), layer_data(edited, "data", "sccbgm"))
+  # an object with log-normalised data only: fit takes `data` without being told
+  assay <- SeuratObject::CreateAssayObject(data = layer_data(obj, "data"))
+  SeuratObject::Key(assay) <- "rna_"
+  data_only <- SeuratObject::CreateSeuratObject(assay, meta.data = obj[[]])
+  expect_identical(fit_small(data_only, "stim")$input_kind, "lognorm")
   expect_error(sccbgm_edit(model, obj, set = list(stim = "ctrl"), layer = "nope"),
                "slot 'nope'|layer 'nope'")
 })
@@ -85,7 +98,7 @@ test_that("bad input gives clear R errors", {
   skip_if_no_sccbgm()
   obj <- tiny_seurat()
   model <- seurat_model()
-  expect_error(sccbgm_fit(as.matrix(SeuratObject::GetAssayData(obj)), "stim"),
+  expect_error(sccbgm_fit(as.matrix(layer_data(obj, "counts")), "stim"),
                "must be a Seurat or SingleCellExperiment object, not <matrix>")
   expect_error(sccbgm_fit(obj, c("stim", "treatment")),
                "concept column\\(s\\) 'treatment' not found in the meta.data")
