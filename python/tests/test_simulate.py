@@ -437,3 +437,15 @@ def test_split_validation(data: ad.AnnData) -> None:
         intervention_split(data, InterventionTask("celltype_0", "concept_9"))
     with pytest.raises(SCCBGMError, match="InterventionTask"):
         intervention_split(data, ("celltype_0", "concept_0"))
+
+
+def test_eligible_tasks_are_what_choose_samples_from(data: ad.AnnData) -> None:
+    from sccbgm.simulation import eligible_intervention_tasks
+
+    eligible = eligible_intervention_tasks(data, min_cells=5)
+    chosen = choose_intervention_tasks(data, n_tasks=len(eligible), seed=3, min_cells=5)
+    assert sorted(chosen, key=str) == sorted(eligible, key=str)
+    ct = data.obs["cell_type"].astype(str).to_numpy()
+    for task in eligible:
+        on = data.obs[task.concept].to_numpy()[ct == task.cell_type]
+        assert (on == 1).sum() >= 5 and (on == 0).sum() >= 10

@@ -5,7 +5,7 @@
 * :func:`simulate_counterfactual` - exact counterfactual counts of Eq. 43 (same exogenous
   draws, changed concepts); :func:`true_log_rate` - the ground-truth log lambda;
 * :func:`corrupt_concepts` - noisy concept annotations of C.4;
-* :func:`choose_intervention_tasks`, :func:`intervention_split` - the evaluation splits of C.6.
+* :func:`eligible_intervention_tasks`, :func:`choose_intervention_tasks`, :func:`intervention_split` - the evaluation splits of C.6.
 
 Only numpy, scipy, pandas and anndata are used.
 
@@ -26,6 +26,7 @@ from sccbgm.simulation.splits import (
     InterventionSplit,
     InterventionTask,
     choose_intervention_tasks,
+    eligible_intervention_tasks,
     intervention_split,
 )
 
@@ -37,6 +38,7 @@ __all__ = [
     "SimulationParams",
     "choose_intervention_tasks",
     "corrupt_concepts",
+    "eligible_intervention_tasks",
     "intervention_split",
     "make_params",
     "poisson_quantile",

@@ -63,18 +63,13 @@ def _subset(adata: ad.AnnData, cells: np.ndarray) -> ad.AnnData:
     return out
 
 
-def choose_intervention_tasks(
-    adata: ad.AnnData, n_tasks: int = 5, seed: int = 0, min_cells: int = 20
-) -> list[InterventionTask]:
-    """Randomly pick ``n_tasks`` distinct (cell type, concept) pairs to hold out (paper: 5).
+def eligible_intervention_tasks(adata: ad.AnnData, min_cells: int = 20) -> list[InterventionTask]:
+    """Every (cell type, concept) pair that can be held out, by cell type then concept.
 
     A pair is eligible when its cell type has at least ``min_cells`` cells with c_k = 1 and at
     least ``2 * min_cells`` with c_k = 0 (so that train and intervene halves each get
-    ``min_cells``). Eligible pairs are listed by cell type then concept and sampled without
-    replacement with ``numpy.random.default_rng(seed)``; the result is reproducible.
+    ``min_cells``).
     """
-    if isinstance(n_tasks, bool) or not isinstance(n_tasks, (int, np.integer)) or n_tasks < 1:
-        raise SCCBGMError(f"n_tasks must be a positive integer, got {n_tasks!r}.")
     if isinstance(min_cells, bool) or not isinstance(min_cells, (int, np.integer)) or min_cells < 1:
         raise SCCBGMError(f"min_cells must be a positive integer, got {min_cells!r}.")
     record, cell_type, concepts = _truth(adata)
@@ -86,6 +81,20 @@ def choose_intervention_tasks(
             n_off = int(in_type.sum()) - n_on
             if n_on >= min_cells and n_off >= 2 * min_cells:
                 eligible.append(InterventionTask(type_name, concept))
+    return eligible
+
+
+def choose_intervention_tasks(
+    adata: ad.AnnData, n_tasks: int = 5, seed: int = 0, min_cells: int = 20
+) -> list[InterventionTask]:
+    """Randomly pick ``n_tasks`` distinct (cell type, concept) pairs to hold out (paper: 5).
+
+    The eligible pairs (:func:`eligible_intervention_tasks`) are sampled without replacement
+    with ``numpy.random.default_rng(seed)``; the result is reproducible.
+    """
+    if isinstance(n_tasks, bool) or not isinstance(n_tasks, (int, np.integer)) or n_tasks < 1:
+        raise SCCBGMError(f"n_tasks must be a positive integer, got {n_tasks!r}.")
+    eligible = eligible_intervention_tasks(adata, min_cells)
     if len(eligible) < n_tasks:
         raise SCCBGMError(
             f"only {len(eligible)} (cell type, concept) pair(s) have >= {min_cells} cells with "
