@@ -1,9 +1,19 @@
-"""Benchmarks: ``python -m sccbgm.bench {synthetic,overhead} ...`` (also ``sccbgm bench ...``).
+"""Benchmarks: ``python -m sccbgm.bench <suite> [--quick | --paper] --out DIR`` (also ``sccbgm bench``).
 
-* ``synthetic`` -- intervention tasks on simulated data (paper C.6 / Table S5), every model next to
-  the two trivial editors (no edit; mean concept shift in the other cell types), cell-level MSE
-  against the true counterfactuals and rMMD; writes CSV + Markdown report + PNGs.
+Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.suites`):
+
+* ``synthetic`` -- Table S5: every package model and the peers (biolord, CINEMA-OT, scGen, each in
+  its own environment) on the intervention tasks of C.6, next to the two trivial editors.
+* ``noise`` -- Fig. 3 / C.4: scCBGM vs CBGM with noisy concept annotations.
+* ``ablation`` -- Table S8 (CBM/CEM x skip x cross-cov/cosine) and D.8.3 (VAE vs AE).
+* ``concepts`` -- Table S6: error vs number of concepts.
+* ``leakage`` -- D.7 / Table S7 on simulated data: one known concept, classifiers for the rest.
+* ``all`` -- the five above into DIR/<suite>, with the wall time of each.
 * ``overhead`` -- the training loop's cost against a bare torch loop on the same module.
+* ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`).
+
+Each writes ``results.csv`` (every run), ``report.md`` (paper-style tables, mean ± SEM, best
+bolded, floors, and whether the paper's ordering holds) and PNG plots to ``--out``.
 """
 
 from __future__ import annotations
@@ -13,63 +23,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-SCALES: dict[str, dict[str, Any]] = {
-    # documented sizes: --quick runs on a 2-core CPU in minutes, --paper is the paper's protocol
-    "quick": {"n_cells": 3000, "n_genes": 500, "datasets": ["synthetic1"], "n_tasks": 1, "seeds": [0],
-              "fit": {"preset": "cpu", "epochs": 40}},
-    "default": {"n_cells": 5000, "n_genes": 1000, "datasets": ["synthetic1", "synthetic2", "synthetic3"],
-                "n_tasks": 3, "seeds": [0, 1], "fit": {"preset": "cpu"}},
-    "paper": {"n_cells": 20000, "n_genes": 5000, "datasets": ["synthetic1", "synthetic2", "synthetic3"],
-              "n_tasks": 5, "seeds": [0, 1, 2, 3], "fit": {"preset": "paper"}},
-}
 
+def run_synthetic(out: str | Path, *, scale: str = "quick", **kwargs: Any) -> Path:
+    """Table S5 suite (see :func:`sccbgm.bench.suites.run_synthetic`); returns the report path."""
+    from sccbgm.bench.suites import run_synthetic as run
 
-def run_synthetic(
-    out: str | Path, *, scale: str = "quick", seeds: list[int] | None = None,
-    datasets: list[str] | None = None, n_tasks: int | None = None, log: Any = print,
-) -> Path:
-    """Run the synthetic benchmark at ``scale``; returns the report path."""
-    import pandas as pd
-
-    import sccbgm
-    from sccbgm.bench import report
-    from sccbgm.bench.synthetic import run_synthetic_task
-    from sccbgm.simulation import choose_intervention_tasks
-
-    cfg = SCALES[scale]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, last = [], None
-    for dataset in datasets or cfg["datasets"]:
-        adata = sccbgm.simulate(dataset, n_cells=cfg["n_cells"], n_genes=cfg["n_genes"], seed=0)
-        tasks = choose_intervention_tasks(adata, n_tasks=n_tasks or cfg["n_tasks"], seed=0)
-        for task in tasks:
-            for seed in seeds or cfg["seeds"]:
-                log(f"{dataset}: task {task.cell_type}/{task.concept}, seed {seed}")
-                res = run_synthetic_task(adata, task, models={"scCBGM": dict(cfg["fit"])}, seed=seed, log=log)
-                res.table.insert(0, "dataset", dataset)
-                rows.append(res.table)
-                last = res
-    table = pd.concat(rows, ignore_index=True)
-    table.to_csv(out / "results.csv", index=False)
-    summary = report.mean_sem(table, ["dataset", "editor"], ["mse_genes", "mse_pca", "rmmd"])
-    report.plot_errors(table, out / "errors.png")
-    report.plot_embedding(last.train_pca, last.factual, last.truth, last.predictions, last.pca, out / "embedding.png")
-    lines = [
-        f"# sccbgm synthetic benchmark ({scale})", "",
-        f"{cfg['n_cells']} cells x {cfg['n_genes']} genes per data set; intervention tasks of paper C.6; "
-        "scores on log-normalised expression against the exact counterfactuals (lower is better). "
-        "Grey bars / the first two rows are the trivial editors every model must beat.", "",
-        report.markdown_table(summary), "",
-    ]
-    for dataset, sub in table.groupby("dataset", sort=False):
-        mean = sub.groupby("editor", sort=False)[["mse_genes", "rmmd"]].mean().reset_index()
-        lines += [f"- **{dataset}**: {report.verdict(mean, 'mse_genes')} {report.verdict(mean, 'rmmd')}"]
-    lines += ["", "![errors](errors.png)", "", "![embedding](embedding.png)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    log(f"wrote {path}")
-    return path
+    return run(out, scale=scale, **kwargs)
 
 
 def run_overhead(out: str | Path | None = None, *, n_cells: int = 4096, epochs: int = 5, log: Any = print) -> dict[str, float]:
@@ -112,24 +71,72 @@ def run_overhead(out: str | Path | None = None, *, n_cells: int = 4096, epochs: 
     return res
 
 
+def _scale_options(p: argparse.ArgumentParser, default_out: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_const", const="quick", dest="scale",
+                   help="small data and networks for a 2-core CPU (default)")
+    g.add_argument("--paper", action="store_const", const="paper", dest="scale",
+                   help="the paper's sizes and hyper-parameters (GPU)")
+    p.add_argument("--out", default=default_out, help=f"output folder (default {default_out})")
+
+
+def _peer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peers", nargs="+", choices=["biolord", "cinemaot", "scgen", "none"],
+                   help="peers to run (default: all three; 'none' skips them)")
+    p.add_argument("--peers-venv", help="peer environment folder (default $SCCBGM_PEERS_VENV or "
+                   "~/.cache/sccbgm/venv-peers; scGen uses <folder>-scgen)")
+    p.add_argument("--no-install-peers", action="store_true",
+                   help="do not create / fill the peer environments; peers missing one are reported as not run")
+
+
+def _peer_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    peers = None if args.peers is None else [p for p in args.peers if p != "none"]
+    return {"peers": peers, "peers_venv": args.peers_venv, "install_peers": not args.no_install_peers}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sccbgm bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    syn = sub.add_parser("synthetic", help="intervention tasks on simulated data vs trivial editors")
-    g = syn.add_mutually_exclusive_group()
-    g.add_argument("--quick", action="store_const", const="quick", dest="scale", help="one task, CPU minutes")
-    g.add_argument("--paper", action="store_const", const="paper", dest="scale", help="paper sizes (GPU)")
-    syn.add_argument("--out", default="out/bench-synthetic", help="output folder (report.md, results.csv, PNGs)")
+    syn = sub.add_parser("synthetic", help="Table S5: every model + peers vs trivial editors")
+    _scale_options(syn, "out/bench/synthetic")
+    _peer_options(syn)
     syn.add_argument("--seeds", type=int, nargs="+")
     syn.add_argument("--datasets", nargs="+", choices=["synthetic1", "synthetic2", "synthetic3"])
     syn.add_argument("--tasks", type=int, dest="n_tasks")
+    noise = sub.add_parser("noise", help="Fig. 3: scCBGM vs CBGM under noisy concepts")
+    _scale_options(noise, "out/bench/noise")
+    abl = sub.add_parser("ablation", help="Table S8 design space and VAE vs AE")
+    _scale_options(abl, "out/bench/ablation")
+    con = sub.add_parser("concepts", help="Table S6: error vs number of concepts")
+    _scale_options(con, "out/bench/concepts")
+    leak = sub.add_parser("leakage", help="D.7: concept leakage with classifiers before/after an edit")
+    _scale_options(leak, "out/bench/leakage")
+    every = sub.add_parser("all", help="the five suites above, timed")
+    _scale_options(every, "out/bench")
+    _peer_options(every)
     ov = sub.add_parser("overhead", help="training-loop overhead vs a bare torch loop")
     ov.add_argument("--epochs", type=int, default=5)
+    from sccbgm.bench.real import add_parser as add_real_parser
+
+    add_real_parser(sub)
     args = parser.parse_args(argv)
+    scale = getattr(args, "scale", None) or "quick"
     if args.command == "synthetic":
-        run_synthetic(args.out, scale=args.scale or "default", seeds=args.seeds, datasets=args.datasets,
-                      n_tasks=args.n_tasks)
+        run_synthetic(args.out, scale=scale, seeds=args.seeds, datasets=args.datasets, n_tasks=args.n_tasks,
+                      **_peer_kwargs(args))
+    elif args.command in ("noise", "ablation", "concepts", "leakage"):
+        from sccbgm.bench.suites import SUITES
+
+        SUITES[args.command](args.out, scale=scale)
+    elif args.command == "all":
+        from sccbgm.bench.suites import run_all
+
+        run_all(args.out, scale=scale, **_peer_kwargs(args))
     elif args.command == "overhead":
         run_overhead(epochs=args.epochs)
+    elif args.command == "real":
+        from sccbgm.bench.real import main_real
+
+        main_real(args)
     return 0

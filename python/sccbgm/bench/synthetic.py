@@ -4,21 +4,28 @@ Protocol (paper C.6 / Table S5): hold out one (cell type u, concept k = 1) popul
 the rest, edit the held-out type-u cells with k = 0 to k = 1, compare with their exact
 counterfactuals. Everything is scored on log-normalised expression (library size normalised to
 the training median, log1p): cell-level MSE in gene space and in the space of a 50-component PCA
-fitted on the training cells, and rMMD of the edited population against the true one, with the
-training populations (cell type x concept k) as the reference populations of the denominator.
+fitted on the training cells (the paper's Table S5 space), and rMMD of the edited population
+against the true one, with the training populations (cell type x concept k) as the reference
+populations of the denominator.
+
+Building blocks shared by every suite: :func:`prepare_task` (split + scoring context),
+:func:`trivial_predictions` (the two floors), :class:`ModelRun` / :func:`run_models` (fit package
+models, several edit outputs per fitted model, flow models reusing a fitted base) and
+:func:`score`.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from sccbgm.bench.editors import mean_concept_shift, mean_shift_edit, no_edit
+from sccbgm.bench.report import MEAN_SHIFT, NO_EDIT, TRIVIAL
 
 
 @dataclass
@@ -34,6 +41,30 @@ class TaskResult:
     pca: Any
 
 
+@dataclass
+class TaskData:
+    """One C.6 split and everything needed to score edits of its held-out cells.
+
+    ``x_train`` (n_train, G), ``x_intervene`` / ``truth`` (n, G): log-normalised expression
+    (target sum = median training total); ``pca``: eval PCA fitted on ``x_train``;
+    ``references``: training populations (cell type | concept value) in PCA space for rMMD.
+    """
+
+    task: Any
+    train: Any
+    intervene: Any
+    concepts: list[str]
+    target_sum: float
+    x_train: np.ndarray
+    x_intervene: np.ndarray
+    truth: np.ndarray
+    pca: Any
+    train_pcs: np.ndarray
+    truth_pcs: np.ndarray
+    references: dict[str, np.ndarray]
+    seed: int
+
+
 def lognormalise(counts: Any, target_sum: float) -> np.ndarray:
     """Counts (n, G) -> log1p(counts / total * target_sum), dense float64."""
     x = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts, dtype=np.float64)
@@ -42,69 +73,152 @@ def lognormalise(counts: Any, target_sum: float) -> np.ndarray:
     return np.log1p(x / totals * target_sum)
 
 
-def run_synthetic_task(
-    adata: Any,
-    task: Any,
-    *,
-    models: Mapping[str, Mapping[str, Any]] | None = None,
-    concepts: Sequence[str] | None = None,
-    seed: int = 0,
-    n_pcs_eval: int = 50,
-    progress: bool | None = False,
-    log: Callable[[str], None] = print,
-) -> TaskResult:
-    """Run one intervention task; ``models`` maps a label to ``sccbgm.fit`` keyword arguments
-    (default: ``{"scCBGM": {"model": "sccbgm"}}``) and every model is compared with the two
-    trivial editors on the same cells."""
-    import sccbgm
+def concept_columns(adata: Any) -> list[str]:
+    """The simulated concept columns ``concept_*`` of ``adata.obs``."""
+    return [c for c in adata.obs.columns if str(c).startswith("concept_")]
+
+
+def prepare_task(
+    adata: Any, task: Any, *, seed: int = 0, concepts: Sequence[str] | None = None, n_pcs_eval: int = 50
+) -> TaskData:
+    """Split ``adata`` for ``task`` (C.6, halving seeded by ``seed``) and set up the scoring."""
     from sccbgm import metrics
     from sccbgm.simulation import intervention_split
 
-    models = dict(models or {"scCBGM": {"model": "sccbgm"}})
     split = intervention_split(adata, task, seed=seed)
     train, intervene, test = split.train, split.intervene, split.test
-    concepts = list(concepts or [c for c in adata.obs.columns if c.startswith("concept_")])
     target_sum = float(np.median(np.asarray(train.X.sum(1)).ravel()))
     x_train = lognormalise(train.X, target_sum)
     x_int = lognormalise(intervene.X, target_sum)
     truth = lognormalise(test.X, target_sum)
     pca = metrics.pca_features(x_train, n_components=min(n_pcs_eval, x_train.shape[1] - 1), seed=seed)
-
-    preds: dict[str, np.ndarray] = {"no edit": no_edit(x_int)}
-    shift = mean_concept_shift(
-        x_train, train.obs, concept=task.concept, source=0, target=1,
-        group_key="cell_type", exclude_group=task.cell_type,
-    )
-    preds["mean shift (other types)"] = mean_shift_edit(x_int, shift)
-    fitted, seconds = {}, {}
-    for label, kwargs in models.items():
-        t0 = time.perf_counter()
-        kw = {"seed": seed, "progress": progress, **kwargs}
-        model = sccbgm.fit(train, concepts, **kw)
-        edit_kw = {k: kwargs[k] for k in ("residual",) if k in kwargs}
-        edited = sccbgm.edit(model, intervene, set={task.concept: 1}, **edit_kw)
-        seconds[label] = time.perf_counter() - t0
-        preds[label], fitted[label] = np.asarray(edited.X, dtype=np.float64), model
-        log(f"  {label}: fitted and edited in {seconds[label]:.1f} s")
-
-    groups = train.obs["cell_type"].astype(str) + "|" + task.concept + "=" + train.obs[task.concept].astype(str)
     train_pcs = pca.transform(x_train)
+    groups = train.obs["cell_type"].astype(str) + "|" + task.concept + "=" + train.obs[task.concept].astype(str)
     references = {g: train_pcs[(groups == g).to_numpy()] for g in groups.unique()}
-    truth_pcs = pca.transform(truth)
-    rows = []
-    for label, x in preds.items():
-        x_pcs = pca.transform(x)
-        rm = metrics.rmmd(x_pcs, truth_pcs, references, seed=seed)
-        rows.append({
-            "editor": label,
-            "task": f"{task.cell_type}/{task.concept}",
-            "seed": seed,
-            "mse_genes": metrics.cell_mse(x, truth),
-            "mse_pca": float(np.mean((x_pcs - truth_pcs) ** 2)),
-            "rmmd": rm.ratio,
-            "mmd": rm.numerator,
-            "closest_training_population": rm.closest_population,
-            "seconds": seconds.get(label, 0.0),
-            "trivial": label in ("no edit", "mean shift (other types)"),
-        })
-    return TaskResult(pd.DataFrame(rows), fitted, preds, truth, x_int, train_pcs, pca)
+    return TaskData(
+        task=task, train=train, intervene=intervene,
+        concepts=list(concepts) if concepts is not None else concept_columns(adata),
+        target_sum=target_sum, x_train=x_train, x_intervene=x_int, truth=truth, pca=pca,
+        train_pcs=train_pcs, truth_pcs=pca.transform(truth), references=references, seed=seed,
+    )
+
+
+def trivial_predictions(td: TaskData) -> dict[str, np.ndarray]:
+    """The two floors: no edit, and the mean concept shift of the other cell types."""
+    shift = mean_concept_shift(
+        td.x_train, td.train.obs, concept=td.task.concept, source=0, target=1,
+        group_key="cell_type", exclude_group=td.task.cell_type,
+    )
+    return {NO_EDIT: no_edit(td.x_intervene), MEAN_SHIFT: mean_shift_edit(td.x_intervene, shift)}
+
+
+def score(td: TaskData, label: str, predicted: np.ndarray, *, seconds: float = 0.0, rmmd: bool = True) -> dict[str, Any]:
+    """One row: cell-level MSE in gene and eval-PCA space, rMMD (and its parts) of ``predicted``
+    (n, G) log-normalised expression against the true counterfactuals."""
+    from sccbgm import metrics
+
+    x = np.asarray(predicted, dtype=np.float64)
+    x_pcs = td.pca.transform(x)
+    row: dict[str, Any] = {
+        "editor": label,
+        "task": f"{td.task.cell_type}/{td.task.concept}",
+        "seed": td.seed,
+        "mse_genes": metrics.cell_mse(x, td.truth),
+        "mse_pca": float(np.mean((x_pcs - td.truth_pcs) ** 2)),
+        "rmmd": np.nan, "mmd": np.nan, "closest_training_population": "",
+        "seconds": float(seconds),
+        "trivial": label in TRIVIAL,
+    }
+    if rmmd:
+        rm = metrics.rmmd(x_pcs, td.truth_pcs, td.references, seed=td.seed)
+        row.update(rmmd=rm.ratio, mmd=rm.numerator, closest_training_population=rm.closest_population)
+    return row
+
+
+@dataclass
+class ModelRun:
+    """One model to fit and the edit outputs to score from it.
+
+    ``fit``: ``sccbgm.fit`` keyword arguments (``model=...`` and options); ``base``: label of an
+    earlier run whose fitted model conditions this flow (``sccbgm-fm`` / ``cvae-fm``);
+    ``edits``: row label -> ``sccbgm.edit`` keyword arguments (default: one row named ``label``
+    with the package defaults).
+    """
+
+    label: str
+    fit: dict[str, Any]
+    base: str | None = None
+    edits: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def run_models(
+    td: TaskData,
+    runs: Sequence[ModelRun],
+    *,
+    train: Any = None,
+    intervene: Any = None,
+    concepts: Sequence[str] | None = None,
+    progress: bool | None = False,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, float]]:
+    """Fit each run on ``train`` (default ``td.train``) with ``concepts`` and edit ``intervene``
+    (default ``td.intervene``) to ``task.concept = 1``. Returns (predictions by row label,
+    fitted models by run label, seconds by row label: fit (+ base fit) + that edit)."""
+    import sccbgm
+
+    train = td.train if train is None else train
+    intervene = td.intervene if intervene is None else intervene
+    concepts = list(concepts if concepts is not None else td.concepts)
+    preds: dict[str, np.ndarray] = {}
+    fitted: dict[str, Any] = {}
+    fit_seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    for run in runs:
+        t0 = time.perf_counter()
+        kw = {"seed": td.seed, "progress": progress, **run.fit}
+        if run.base is not None:
+            kw["base"] = fitted[run.base]
+        model = sccbgm.fit(train, concepts, **kw)
+        fitted[run.label] = model
+        fit_seconds[run.label] = time.perf_counter() - t0 + (fit_seconds.get(run.base, 0.0) if run.base else 0.0)
+        for row, edit_kw in (run.edits or {run.label: {}}).items():
+            t1 = time.perf_counter()
+            edited = sccbgm.edit(model, intervene, set={td.task.concept: 1}, **edit_kw)
+            preds[row] = np.asarray(edited.X, dtype=np.float64)
+            seconds[row] = fit_seconds[run.label] + time.perf_counter() - t1
+        log(f"  {run.label}: fitted and edited in {time.perf_counter() - t0:.1f} s")
+    return preds, fitted, seconds
+
+
+def run_synthetic_task(
+    adata: Any,
+    task: Any,
+    *,
+    models: Mapping[str, Mapping[str, Any]] | Sequence[ModelRun] | None = None,
+    concepts: Sequence[str] | None = None,
+    seed: int = 0,
+    n_pcs_eval: int = 50,
+    progress: bool | None = False,
+    extra_predictions: Callable[[TaskData], Mapping[str, np.ndarray]] | None = None,
+    log: Callable[[str], None] = print,
+) -> TaskResult:
+    """Run one intervention task; ``models`` maps a label to ``sccbgm.fit`` keyword arguments
+    (a ``residual`` key is passed to ``edit`` instead), or is a list of :class:`ModelRun`
+    (default: ``{"scCBGM": {"model": "sccbgm"}}``). Every model is compared with the two trivial
+    editors on the same cells; ``extra_predictions(td)`` adds rows (e.g. peers)."""
+    td = prepare_task(adata, task, seed=seed, concepts=concepts, n_pcs_eval=n_pcs_eval)
+    if models is None or isinstance(models, Mapping):
+        runs = []
+        for label, kwargs in dict(models or {"scCBGM": {"model": "sccbgm"}}).items():
+            fit_kw = {k: v for k, v in kwargs.items() if k != "residual"}
+            edit_kw = {"residual": kwargs["residual"]} if "residual" in kwargs else {}
+            runs.append(ModelRun(label, fit_kw, edits={label: edit_kw}))
+    else:
+        runs = list(models)
+    preds = trivial_predictions(td)
+    model_preds, fitted, seconds = run_models(td, runs, progress=progress, log=log)
+    preds.update(model_preds)
+    if extra_predictions is not None:
+        preds.update(extra_predictions(td))
+    rows = [score(td, label, x, seconds=seconds.get(label, 0.0)) for label, x in preds.items()]
+    return TaskResult(pd.DataFrame(rows), fitted, preds, td.truth, td.x_intervene, td.train_pcs, td.pca)

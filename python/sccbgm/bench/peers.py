@@ -1,0 +1,185 @@
+"""Peer methods (biolord, CINEMA-OT, scGen) in separate virtual environments, created on demand.
+
+The peers are never dependencies of sccbgm: the bench installs them into their own venvs (they
+need numpy 2 / other scvi-tools versions than the main environment, whose numpy < 2 pin comes
+from R's reticulate) and runs :mod:`sccbgm.bench.peer_worker` there as a sibling process that
+exchanges h5ad files with the bench, on the same split, cells and metrics as our models.
+
+Environments (``--peers-venv DIR``, default ``$SCCBGM_PEERS_VENV`` or
+``~/.cache/sccbgm/venv-peers``; scGen gets ``DIR-scgen``):
+
+* ``main``: biolord 0.0.3 and CINEMA-OT 0.0.5 with today's scvi-tools (measured to import);
+* ``scgen``: scGen 2.1.0, which imports ``scvi._compat.Literal`` and ``LossRecorder`` (gone or
+  raising from scvi-tools 0.20 on), so it gets scvi-tools 0.19.0 and the era's jax / anndata /
+  lightning pins listed in :data:`ENVIRONMENTS`.
+
+Both use the CPU torch wheel pin of the main environment. If an environment cannot be built or a
+peer fails, :func:`run_peer` returns the reason, and the report prints it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PEERS = ("biolord", "cinemaot", "scgen")
+LABELS = {"biolord": "biolord", "cinemaot": "CINEMA-OT", "scgen": "scGen"}
+TORCH_PIN = "torch==2.13.0"
+ENVIRONMENTS: dict[str, list[str]] = {
+    "main": [TORCH_PIN, "biolord==0.0.3", "cinemaot==0.0.5"],
+    # scGen 2.1.0 imports scvi._compat.Literal / LossRecorder (scvi-tools <= 0.19); these pins are
+    # the set measured to import and train on Python 3.11 with the CPU torch wheel.
+    "scgen": [TORCH_PIN, "scgen==2.1.0", "scvi-tools==0.19.0", "pytorch-lightning==1.7.7",
+              "torchmetrics==0.11.4", "anndata==0.9.2", "mudata==0.2.3", "scanpy==1.9.8", "numpy==1.26.4",
+              "scipy==1.11.4", "jax==0.4.23", "jaxlib==0.4.23", "flax==0.7.5", "optax==0.1.7",
+              "chex==0.1.85", "orbax-checkpoint==0.4.4", "numpyro==0.13.2", "setuptools<81", "requests"],
+}
+PEER_ENVIRONMENT = {"biolord": "main", "cinemaot": "main", "scgen": "scgen"}
+IMPORTS = {"biolord": "biolord", "cinemaot": "cinemaot", "scgen": "scgen"}
+
+
+@dataclass
+class PeerResult:
+    """A peer's prediction (n, G) for the intervene cells, or None with the reason."""
+
+    name: str
+    prediction: np.ndarray | None
+    seconds: float
+    status: str
+
+
+def default_venv() -> Path:
+    """``$SCCBGM_PEERS_VENV`` or ``~/.cache/sccbgm/venv-peers`` (outside the repository)."""
+    env = os.environ.get("SCCBGM_PEERS_VENV")
+    if env:
+        return Path(env)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "sccbgm" / "venv-peers"
+
+
+def venv_path(root: Path, environment: str) -> Path:
+    return Path(root) if environment == "main" else Path(f"{root}-{environment}")
+
+
+def _python(venv: Path) -> Path:
+    return venv / "bin" / "python"
+
+
+def _base_python() -> str:
+    """The interpreter to create venvs from (the base of the running venv)."""
+    return getattr(sys, "_base_executable", None) or sys.executable
+
+
+def ensure_environment(
+    root: Path, environment: str, *, install: bool = True, log: Callable[[str], None] = print
+) -> tuple[Path | None, str]:
+    """(python of the peers venv, "") when it exists with the pinned packages, else (None, why).
+
+    With ``install`` a missing or outdated venv is created and filled with pip (minutes, once);
+    a stamp file records the requirement set.
+    """
+    venv = venv_path(root, environment)
+    reqs = ENVIRONMENTS[environment]
+    stamp = hashlib.sha256("\n".join(reqs).encode()).hexdigest()[:16]
+    stamp_file = venv / ".sccbgm-peers-stamp"
+    if stamp_file.exists() and stamp_file.read_text().strip() == stamp and _python(venv).exists():
+        return _python(venv), ""
+    if not install:
+        return None, f"peer environment {venv} is not built (run the bench with --install-peers)"
+    try:
+        if not _python(venv).exists():
+            log(f"creating peer environment {venv}")
+            subprocess.run([_base_python(), "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
+        log(f"installing {' '.join(reqs)} into {venv} (once; a few minutes)")
+        proc = subprocess.run([str(_python(venv)), "-m", "pip", "install", "-q", *reqs],
+                              capture_output=True, text=True, timeout=3600)
+        if proc.returncode != 0:
+            tail = [ln for ln in proc.stderr.splitlines() if "is ignored" not in ln][-5:]
+            return None, f"pip install {' '.join(reqs)} failed: " + " | ".join(tail)
+    except (OSError, subprocess.SubprocessError) as err:
+        return None, f"could not build peer environment {venv}: {err}"
+    stamp_file.write_text(stamp)
+    return _python(venv), ""
+
+
+def check_import(python: Path, peer: str) -> str:
+    """"" when ``peer`` imports in that environment, else the last line of the error."""
+    proc = subprocess.run([str(python), "-c", f"import {IMPORTS[peer]}"], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode == 0:
+        return ""
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"import {IMPORTS[peer]} failed"
+
+
+def write_job_data(td: Any, path: Path) -> None:
+    """The h5ad a peer reads: training + intervene cells, log-normalised, obs with the concept
+    columns, ``cell_type`` and ``bench_split``."""
+    import anndata as ad
+    import pandas as pd
+
+    cols = list(dict.fromkeys([*td.concepts, td.task.concept]))
+    obs = pd.concat([td.train.obs[cols + ["cell_type"]], td.intervene.obs[cols + ["cell_type"]]])
+    obs["cell_type"] = obs["cell_type"].astype(str)
+    obs["bench_split"] = ["train"] * td.train.n_obs + ["intervene"] * td.intervene.n_obs
+    x = np.vstack([td.x_train, td.x_intervene]).astype(np.float32)
+    ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=td.train.var_names.astype(str))).write_h5ad(path)
+
+
+def run_peer(
+    peer: str,
+    td: Any,
+    *,
+    root: Path | None = None,
+    epochs: int | None = None,
+    install: bool = True,
+    timeout: float = 3600,
+    workdir: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> PeerResult:
+    """Run ``peer`` on task data ``td`` (:class:`~sccbgm.bench.synthetic.TaskData`) in its venv."""
+    root = Path(root) if root is not None else default_venv()
+    python, why = ensure_environment(root, PEER_ENVIRONMENT[peer], install=install, log=log)
+    if python is None:
+        return PeerResult(peer, None, 0.0, why)
+    why = check_import(python, peer)
+    if why:
+        return PeerResult(peer, None, 0.0, f"`import {IMPORTS[peer]}` fails in {python.parent.parent}: {why}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp_path = Path(tmp)
+        write_job_data(td, tmp_path / "data.h5ad")
+        job = {"peer": peer, "data": str(tmp_path / "data.h5ad"), "concept": td.task.concept,
+               "concepts": list(td.concepts), "cell_type": td.task.cell_type, "epochs": epochs,
+               "seed": int(td.seed), "out": str(tmp_path / "pred.h5ad"), "status": str(tmp_path / "status.json")}
+        (tmp_path / "job.json").write_text(json.dumps(job))
+        env = dict(os.environ, PYTHONWARNINGS="ignore")
+        worker = Path(__file__).with_name("peer_worker.py")
+        try:
+            proc = subprocess.run([str(python), str(worker), str(tmp_path / "job.json")], capture_output=True,
+                                  text=True, timeout=timeout, env=env)
+        except subprocess.TimeoutExpired:
+            return PeerResult(peer, None, time.perf_counter() - t0, f"timed out after {timeout:.0f} s")
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            return PeerResult(peer, None, seconds, "failed: " + (lines[-1] if lines else f"exit {proc.returncode}"))
+        import anndata as ad
+
+        pred = np.asarray(ad.read_h5ad(tmp_path / "pred.h5ad").X, dtype=np.float64)
+        info = json.loads((tmp_path / "status.json").read_text())
+    if not np.isfinite(pred).all():
+        return PeerResult(peer, None, seconds, f"ran ({info}) but returned NaN/inf values")
+    log(f"  {LABELS[peer]}: {seconds:.1f} s ({info})")
+    return PeerResult(peer, pred, seconds, "ran: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds"))
