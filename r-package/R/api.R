@@ -31,6 +31,15 @@
             class = "sccbgm_model")
 }
 
+# The data object comes first (Bioconductor / pipe convention); a call written in the Python
+# API's order (model, object) is accepted too.
+.object_first <- function(object, model) {
+  if (inherits(object, "sccbgm_model") && !inherits(model, "sccbgm_model")) {
+    return(list(object = model, model = object))
+  }
+  list(object = object, model = model)
+}
+
 .check_model <- function(model) {
   if (!inherits(model, "sccbgm_model")) {
     stop("`model` must be an sccbgm model from sccbgm_fit() or sccbgm_load(), not ",
@@ -160,9 +169,10 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #' The factual metadata columns and the input assays are left unchanged. With `cells`, the
 #' returned object holds the selected cells only.
 #'
-#' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]).
 #' @param object A `Seurat` or `SingleCellExperiment` with (at least) the model's genes, holding
 #'   the same kind of values (counts or log-normalised) as at fit time.
+#' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]). The Python API's order
+#'   `(model, object)` is accepted too.
 #' @param set Named list `list(column = value)`: a category of a categorical concept
 #'   (`list(stim = "STIM")`), 0/1 or `FALSE`/`TRUE` for a binary one, a number in the column's
 #'   units for a continuous one, or a vector with one value per edited cell.
@@ -182,12 +192,15 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
 #'   model <- sccbgm_fit(sce, c("concept_0", "cell_type"), seed = 1, epochs = 3,
 #'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
-#'   edited <- sccbgm_edit(model, sce, set = list(concept_0 = 1))
+#'   edited <- sccbgm_edit(sce, model, set = list(concept_0 = 1))
 #'   SummarizedExperiment::assayNames(edited)
 #'   SingleCellExperiment::reducedDimNames(edited)
 #' }
-sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, assay = NULL,
+sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, assay = NULL,
                         layer = NULL, name = "sccbgm") {
+  args <- .object_first(object, model)
+  object <- args$object
+  model <- args$model
   .check_model(model)
   .check_object(object)
   .check_string(name, "name", null_ok = FALSE)
@@ -242,10 +255,13 @@ sccbgm_edit <- function(model, object, set, ..., residual = NULL, cells = NULL, 
 #'   sce <- sccbgm_simulate(n_cells = 200, n_genes = 60, seed = 1)
 #'   model <- sccbgm_fit(sce, "concept_0", seed = 1, epochs = 3,
 #'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
-#'   sce <- sccbgm_encode(model, sce)
+#'   sce <- sccbgm_encode(sce, model)
 #'   head(SingleCellExperiment::reducedDim(sce, "sccbgm_concepts"))
 #' }
-sccbgm_encode <- function(model, object, assay = NULL, layer = NULL, name = "sccbgm") {
+sccbgm_encode <- function(object, model, assay = NULL, layer = NULL, name = "sccbgm") {
+  args <- .object_first(object, model)
+  object <- args$object
+  model <- args$model
   .check_model(model)
   .check_object(object)
   .check_string(name, "name", null_ok = FALSE)

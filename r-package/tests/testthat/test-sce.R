@@ -123,3 +123,15 @@ test_that("an SCE with logcounts only is fitted on them, and its model edits the
   flipped <- lsce$flag == 1
   expect_lt(mean(kept[, flipped]), mean(moved[, flipped]))
 })
+
+test_that("edit and encode take the object first, and the Python order (model, object) too", {
+  skip_if_no_sccbgm()
+  sce <- tiny_sce()
+  model <- sce_model()
+  a <- sccbgm_edit(sce, model, set = list(flag = 1))
+  b <- sccbgm_edit(model, sce, set = list(flag = 1))
+  expect_identical(SummarizedExperiment::assay(a, "sccbgm"), SummarizedExperiment::assay(b, "sccbgm"))
+  piped <- sce |> sccbgm_encode(model)
+  expect_identical(SingleCellExperiment::reducedDim(piped, "sccbgm_concepts"),
+                   SingleCellExperiment::reducedDim(sccbgm_encode(model, sce), "sccbgm_concepts"))
+})
