@@ -235,7 +235,7 @@ def _concept_directions(
     B = argmin ||X_log - [1, C] B||^2 over the training cells (missing labels imputed with the
     observed mean, so they carry no signal), streamed in chunks; the rows of B for the K
     concepts, projected off the PCs, are orthonormalised (QR) and kept when their norm exceeds
-    ``tol`` times the largest.
+    ``tol`` times the largest row of B before the projection (none when the PCs span every gene).
     """
     c = np.asarray(concepts, dtype=np.float64)
     if mask is not None:
@@ -247,12 +247,12 @@ def _concept_directions(
     for idx, block in tr.iter_chunks(matrix, np.arange(matrix.shape[0])):
         xtd += design[idx].T @ block
     coef = np.linalg.lstsq(design.T @ design, xtd, rcond=None)[0][1:]
+    scale = np.linalg.norm(coef, axis=1).max(initial=0.0)
     coef = coef - (coef @ tr.components.T) @ tr.components
-    norms = np.linalg.norm(coef, axis=1)
-    if norms.max(initial=0.0) <= 0:
+    if scale <= 0:
         return np.zeros((0, coef.shape[1]))
     q, r = np.linalg.qr(coef.T)
-    keep = np.abs(np.diag(r)) > tol * norms.max()
+    keep = np.abs(np.diag(r)) > tol * scale
     return q[:, keep].T
 
 

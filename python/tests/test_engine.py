@@ -191,3 +191,19 @@ def test_sparse_input_matches_dense(toy, as_sparse):
     ed = sccbgm.edit(md, small, set={"stim": 1})
     es = sccbgm.edit(ms, sparse, set={"stim": 1})
     np.testing.assert_allclose(ed.X, es.X, atol=1e-5)
+
+
+def test_paper_preset_builds_the_appendix_d4_network(toy):
+    """preset="paper": 4 x 1024 hidden, latent and unknown 128, 128 PCs (capped by the data),
+    concept 0.1, cross-cov 0.5, KL 1e-5, Adam 5e-4 with decay 0.997 (one epoch here)."""
+    import torch
+
+    model = sccbgm.fit(toy[:300], ["stim", "cell_type"], preset="paper", epochs=1, seed=0, progress=False)
+    opts = model.options
+    assert opts["module"] | {"hidden_dim": 1024, "n_layers": 4, "latent_dim": 128, "unknown_dim": 128} == opts["module"]
+    assert (opts["module"]["concept_weight"], opts["module"]["cross_cov_weight"], opts["module"]["kl_weight"]) == (0.1, 0.5, 1e-5)
+    assert (opts["train"]["lr"], opts["train"]["lr_decay"], opts["train"]["batch_size"]) == (5e-4, 0.997, 128)
+    assert opts["n_pcs"] == 128 and model.transform.n_features == 120  # 120 genes: the basis is full
+    widths = {p.shape[0] for p in model.parts["vae"].parameters() if p.ndim == 2}
+    assert 1024 in widths and 128 in widths
+    assert all(torch.isfinite(p).all() for p in model.parts["vae"].parameters())
