@@ -10,6 +10,7 @@ Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.su
 * ``leakage`` -- D.7 / Table S7 on simulated data: one known concept, classifiers for the rest.
 * ``all`` -- the five above into DIR/<suite>, with the wall time of each.
 * ``overhead`` -- the training loop's cost against a bare torch loop on the same module.
+* ``metrics`` -- time and peak memory of MMD, Frechet and Sinkhorn at the paper's size.
 * ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`).
 
 Each writes ``results.csv`` (every run), ``report.md`` (paper-style tables, mean ± SEM, best
@@ -95,6 +96,37 @@ def run_overhead(
     return res
 
 
+def run_metrics(*, n_cells: int = 20000, n_features: int = 50, log: Any = print) -> dict[str, float]:
+    """Seconds and peak resident memory (GiB, whole process) of each distribution metric on two
+    ``n_cells x n_features`` sets with the default settings (MMD: every cell, in blocks;
+    Sinkhorn: the documented seeded subsample of :data:`sccbgm.metrics.DEFAULT_MAX_CELLS`)."""
+    import resource
+
+    import numpy as np
+
+    from sccbgm import metrics
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n_cells, n_features))
+    y = rng.normal(0.2, 1.0, size=(n_cells, n_features))
+    res: dict[str, float] = {}
+    calls = {
+        "mmd_all_cells": lambda: metrics.mmd(x, y, max_cells=None),
+        "mmd_default": lambda: metrics.mmd(x, y),
+        "frechet": lambda: metrics.frechet_distance(x, y),
+        "sinkhorn_default": lambda: metrics.sinkhorn_divergence(x, y),
+    }
+    for name, fn in calls.items():
+        t0 = time.perf_counter()
+        value = fn()
+        res[f"{name}_seconds"] = time.perf_counter() - t0
+        res[f"{name}_value"] = float(value)
+        res[f"{name}_peak_rss_gib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        log(f"{name}: {value:.4g} in {res[f'{name}_seconds']:.1f} s, peak RSS so far "
+            f"{res[f'{name}_peak_rss_gib_so_far']:.2f} GiB")
+    return res
+
+
 def _scale_options(p: argparse.ArgumentParser, default_out: str) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_const", const="quick", dest="scale",
@@ -141,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     _peer_options(every)
     ov = sub.add_parser("overhead", help="training-loop overhead vs a bare torch loop")
     ov.add_argument("--epochs", type=int, default=5)
+    me = sub.add_parser("metrics", help="time and peak memory of the metrics on n x n cells")
+    me.add_argument("--cells", type=int, default=20000)
+    me.add_argument("--features", type=int, default=50)
     from sccbgm.bench.real import add_parser as add_real_parser
 
     add_real_parser(sub)
@@ -159,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         run_all(args.out, scale=scale, **_peer_kwargs(args))
     elif args.command == "overhead":
         run_overhead(epochs=args.epochs)
+    elif args.command == "metrics":
+        run_metrics(n_cells=args.cells, n_features=args.features)
     elif args.command == "real":
         from sccbgm.bench.real import main_real
 
