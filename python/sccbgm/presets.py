@@ -13,6 +13,12 @@ in brackets): 0.5 -> CD14+Mono 2.70, FCGR3A+Mono 5.81 (3.15, 4.58: loses on FCGR
 leaks into the unknown factors u and an edit of ``condition`` moves cells only part of the way.
 On the simulator (synthetic1, 3,000 cells, cell-level MSE of two tasks) 2.0 costs little
 (0.00214 / 0.00107 vs 0.00209 / 0.00073 at 0.5) where 5.0 costs more (0.00241 / 0.00110).
+Why the two disagree: Eq. 8 pushes u to be uncorrelated with c_hat, which is right when the
+concepts vary independently of the unknown factors (the paper's DAG, Fig. 1: U independent of
+U_C), as a designed intervention such as Kang's stimulation does. The simulator draws concept
+activations with cell-type-dependent probabilities (C.1), so there u *must* covary with c and a
+strong penalty pushes cell-type signal into c. The CPU default favours the designed-intervention
+case; lower ``cross_cov_weight`` when concepts are tied to the other variation.
 """
 
 from __future__ import annotations
