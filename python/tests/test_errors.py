@@ -171,3 +171,17 @@ def test_input_is_never_modified(toy, toy_model):
     sccbgm.edit(toy_model, cells, {"stim": 1, "cell_type": "type0"})
     assert (cells.X != before_x).nnz == 0
     pd.testing.assert_frame_equal(cells.obs, before_obs)
+
+
+def test_import_is_cheap_no_torch_no_anndata():
+    """R users wait for ``import sccbgm`` through reticulate: it must not load torch (or the
+    data stack); the public names resolve lazily."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sccbgm; heavy = [m for m in ('torch', 'anndata', 'scanpy', 'scipy') if m in sys.modules]; "
+        "print(','.join(heavy)); assert callable(sccbgm.fit) and 'torch' not in sys.modules"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
