@@ -207,3 +207,48 @@ def test_paper_preset_builds_the_appendix_d4_network(toy):
     widths = {p.shape[0] for p in model.parts["vae"].parameters() if p.ndim == 2}
     assert 1024 in widths and 128 in widths
     assert all(torch.isfinite(p).all() for p in model.parts["vae"].parameters())
+
+
+def test_masked_concept_loss_by_hand():
+    """Eq. 7: per cell, (1 / sum_k m_k) sum_k m_k loss_k; masked labels do not matter."""
+    import torch
+
+    from sccbgm.modules.sccbgm import masked_concept_loss
+
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0], [0.5, 0.5]])
+    c_hat = torch.tensor([[0.5, 0.3], [0.7, 0.2], [0.6, 0.9]])  # column 1 continuous
+    target = torch.tensor([[1.0, 0.5], [0.0, 0.0], [1.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    is_binary = torch.tensor([True, False])
+    got = masked_concept_loss(logits, c_hat, target, mask, is_binary)
+    bce = lambda z, y: -(y * np.log(1 / (1 + np.exp(-z))) + (1 - y) * np.log(1 - 1 / (1 + np.exp(-z))))  # noqa: E731
+    cell0 = (bce(0.0, 1.0) + (0.3 - 0.5) ** 2) / 2
+    cell1 = bce(1.0, 0.0) / 1
+    assert float(got) == pytest.approx((cell0 + cell1) / 2, rel=1e-6)  # cell 2 has no label
+    flipped = target.clone()
+    flipped[1, 1], flipped[2] = 1.0, torch.tensor([0.0, 0.0])
+    assert float(masked_concept_loss(logits, c_hat, flipped, mask, is_binary)) == pytest.approx(float(got))
+
+
+def test_missing_labels_are_masked_and_the_concept_is_still_learned(toy):
+    """40% of the stim labels missing (NaN): the concept is still learned from the rest, and the
+    missing cells' labels are masked (value 0, mask 0), not taken as 'no stim'."""
+    from sccbgm.concepts import ConceptSpec
+
+    train = toy[:900].copy()
+    stim = train.obs["stim"].astype(float).to_numpy()
+    missing = np.random.default_rng(0).random(stim.size) < 0.4
+    stim[missing] = np.nan
+    train.obs["stim"] = stim
+    values, mask = ConceptSpec.from_obs(train.obs, ["stim"]).encode(train.obs)
+    assert (mask[missing] == 0).all() and (mask[~missing] == 1).all()
+    model = sccbgm.fit(train, ["stim", "cell_type"], seed=0, epochs=25, progress=False)
+    held = toy[900:]
+    enc = sccbgm.encode(model, held)
+    pred = enc.X[:, model.concept_names.index("stim")] > 0.5
+    assert np.mean(pred == held.obs["stim"].to_numpy().astype(bool)) > 0.9
+    # the cells whose label was missing are predicted as well as the labelled ones
+    enc_train = sccbgm.encode(model, train)
+    truth = toy[:900].obs["stim"].to_numpy().astype(bool)
+    pred_train = enc_train.X[:, model.concept_names.index("stim")] > 0.5
+    assert np.mean(pred_train[missing] == truth[missing]) > 0.9
