@@ -119,16 +119,10 @@ def _shape(value: Any) -> tuple[int, int]:
 
 
 def _public(name: str) -> Any:
-    """The public function ``sccbgm.<name>``. A submodule of the same name (``sccbgm.evaluate``)
-    can shadow the lazily bound function once imported, so fall back to its attribute."""
-    import types
-
+    """The public function ``sccbgm.<name>`` (resolved lazily by the package root)."""
     import sccbgm
 
-    fn = getattr(sccbgm, name)
-    if isinstance(fn, types.ModuleType):
-        fn = getattr(fn, name)
-    return fn
+    return getattr(sccbgm, name)
 
 
 def _to_int_or_none(value: Any) -> int | None:
