@@ -162,6 +162,7 @@ def fit(
         spec, transform, matrix = _base_inputs(base, adata, concepts, layer, representation)
         n_pcs = int(base.options.get("n_pcs", n_pcs))
         cfg["module"], cfg["train"] = base.options.get("module", {}), base.options.get("train", {})
+        values, mask = spec.encode(adata.obs)
     else:
         spec = ConceptSpec.from_obs(adata.obs, concepts)
         matrix = get_matrix(adata, layer)
@@ -171,7 +172,6 @@ def fit(
             n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
             concepts=values if concept_directions else None, concept_mask=mask,
         )
-    values, mask = spec.encode(adata.obs)
     if model == "vanilla-fm":
         cfg["module"], cfg["train"] = {}, {}
     elif model in ("cvae", "cvae-fm") and base is None:
