@@ -32,11 +32,15 @@
 }
 
 # The data object comes first (Bioconductor / pipe convention); a call written in the Python
-# API's order (model, object) is accepted too.
-.object_first <- function(object, model) {
+# API's order (model, object) is accepted too. Both are checked.
+.object_and_model <- function(object, model) {
   if (inherits(object, "sccbgm_model") && !inherits(model, "sccbgm_model")) {
-    return(list(object = model, model = object))
+    swapped <- object
+    object <- model
+    model <- swapped
   }
+  .check_model(model)
+  .check_object(object)
   list(object = object, model = model)
 }
 
@@ -198,11 +202,9 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #' }
 sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, assay = NULL,
                         layer = NULL, name = "sccbgm") {
-  args <- .object_first(object, model)
+  args <- .object_and_model(object, model)
   object <- args$object
   model <- args$model
-  .check_model(model)
-  .check_object(object)
   .check_string(name, "name", null_ok = FALSE)
   cells <- .cells_arg(object, cells)
   n_edit <- if (is.null(cells)) ncol(object) else length(cells)
@@ -259,11 +261,9 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
 #'   head(SingleCellExperiment::reducedDim(sce, "sccbgm_concepts"))
 #' }
 sccbgm_encode <- function(object, model, assay = NULL, layer = NULL, name = "sccbgm") {
-  args <- .object_first(object, model)
+  args <- .object_and_model(object, model)
   object <- args$object
   model <- args$model
-  .check_model(model)
-  .check_object(object)
   .check_string(name, "name", null_ok = FALSE)
   layer <- .default_layer(object, layer, model$input_kind, assay)
   spec <- .engine_spec(object, assay, layer, character())
