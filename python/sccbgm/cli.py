@@ -21,6 +21,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
     import sccbgm
     from sccbgm.bench import report
     from sccbgm.bench.synthetic import run_synthetic_task
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -42,6 +43,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
     report.plot_embedding(res.train_pca, res.factual, res.truth, res.predictions, res.pca, out / "embedding.png")
     report.plot_history(model, out / "history.png")
     shown = table[["editor", "mse_genes", "mse_pca", "rmmd", "closest_training_population", "seconds"]]
+    scores = report.markdown_table(shown, lower_is_better=("mse_genes", "mse_pca", "rmmd"))
     lines = [
         "# sccbgm demo: simulate -> fit -> edit -> evaluate", "",
         f"Data: `sccbgm.simulate('synthetic1', n_cells={n_cells}, n_genes={n_genes}, seed={seed})` "
@@ -57,7 +59,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
         "MSE in gene space / 50-PC space; `rmmd` = MMD to the true counterfactual population divided "
         "by the smallest MMD of any training population (paper Eq. 10; < 1 beats mapping to the "
         "closest existing population).", "",
-        report.markdown_table(shown, lower_is_better=("mse_genes", "mse_pca", "rmmd")), "",
+        scores, "",
         f"**Verdict:** {report.verdict(table, 'mse_genes')} {report.verdict(table, 'rmmd')}", "",
         "How to read the floors: this simulator (paper Eq. 40) gives a concept the same additive "
         "log-rate effect in every cell type, which is exactly what the mean-shift editor assumes, so "
@@ -75,7 +77,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
     path = out / "report.md"
     path.write_text("\n".join(lines))
     print("[4/4] report")
-    print(report.markdown_table(shown, lower_is_better=("mse_genes", "mse_pca", "rmmd")))
+    print(scores)
     print(f"\n{report.verdict(table, 'mse_genes')}\nwrote {path} ({time.perf_counter() - t0:.0f} s)")
     return path
 
