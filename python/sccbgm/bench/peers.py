@@ -45,6 +45,7 @@ import numpy as np
 PEERS = ("biolord", "cinemaot", "scgen", "cpa", "cellflow")
 LABELS = {"biolord": "biolord", "cinemaot": "CINEMA-OT", "scgen": "scGen", "cpa": "CPA", "cellflow": "CellFlow"}
 TORCH_PIN = "torch==2.13.0"
+PIP_PIN = "pip==26.3"
 ENVIRONMENTS: dict[str, list[str]] = {
     "main": [TORCH_PIN, "biolord==0.0.3", "cinemaot==0.0.5"],
     # scGen 2.1.0 imports scvi._compat.Literal / LossRecorder (scvi-tools <= 0.19); these pins are
@@ -159,6 +160,10 @@ def ensure_environment(
         if not _python(venv).exists():
             log(f"creating peer environment {venv} from {base}")
             subprocess.run([base, "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
+            # an old interpreter's bundled pip (23.0 on 3.10) downloads every candidate wheel while
+            # resolving (no PEP 658 metadata): minutes of backtracking; a current pip first
+            subprocess.run([str(_python(venv)), "-m", "pip", "install", "-q", PIP_PIN], capture_output=True,
+                           text=True, timeout=600)
         for step in steps:
             log(f"installing {' '.join(step)} into {venv} (once; a few minutes)")
             proc = subprocess.run([str(_python(venv)), "-m", "pip", "install", "-q", *step],
