@@ -166,6 +166,7 @@ def fit(
     else:
         spec = ConceptSpec.from_obs(adata.obs, concepts)
         matrix = get_matrix(adata, layer)
+        _check_fit_memory(matrix, representation, cfg)
         values, mask = spec.encode(adata.obs)
         transform = InputTransform.fit(
             matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
@@ -189,9 +190,9 @@ def fit(
     }
     if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
         options_record["flow"] = cfg["flow"]
-    from sccbgm.train import torch_threads
+    from sccbgm.train import preserve_rng, torch_threads
 
-    with torch_threads(num_threads):
+    with torch_threads(num_threads), preserve_rng():
         if model in ("sccbgm", "cbgm"):
             return _fit_vae(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
         from sccbgm.flows import fit_model
@@ -203,6 +204,29 @@ def fit(
             model, matrix, transform, spec, values, mask, cfg, options_record,
             seed=seed, device=device, progress=progress, base=base,
         )
+
+
+def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any]) -> None:
+    """Refuse a fit whose dense working memory exceeds the available memory (SCCBGMError).
+
+    PCA: the G x G Gram matrix, covariance, eigenvectors and eigh workspace (4 G^2 float64,
+    :func:`sccbgm.data._pca`); genes: the first and last layers (G x hidden) with their gradients
+    and Adam moments, plus dense minibatches. Both add the dense chunks streamed through X.
+    """
+    from sccbgm.data import CHUNK, require_memory
+
+    n, g = (int(v) for v in matrix.shape)
+    chunks = min(n, CHUNK) * g * 8 * 3
+    if representation == "genes":
+        hidden = int(cfg["module"].get("hidden_dim", 256))
+        batch = int(cfg["train"].get("batch_size", 128))
+        need = 2 * g * hidden * 4 * 4 + batch * g * 8 * 6 + chunks
+        advice = "use fewer genes (e.g. highly variable genes) or representation='pca'"
+    else:
+        need = 4 * g * g * 8 + chunks
+        advice = ("select fewer genes first, e.g. sc.pp.highly_variable_genes(adata, n_top_genes=5000, "
+                  "subset=True)")
+    require_memory(need, f"fitting on {g:,} genes with representation={representation!r}", advice)
 
 
 def _applicable_options(model: str, base: Model | None) -> tuple[set[str], set[str], set[str]]:
