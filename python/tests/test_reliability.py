@@ -158,3 +158,23 @@ def test_memory_estimate_scales_like_the_dense_work(monkeypatch):
     _check_fit_memory(Shape(), "pca", {"module": {}, "train": {}})
     assert 4 * 30_000**2 * 8 <= seen["need"] < 4.2 * 30_000**2 * 8
     assert sccbgm.data.available_memory() is None or sccbgm.data.available_memory() > 0
+
+
+def test_an_oversized_network_is_refused_before_any_allocation(cells):
+    """hidden_dim=200,000 would need ~2 TB with Adam: an SCCBGMError, not an out-of-memory kill."""
+    with pytest.raises(SCCBGMError, match=r"the network .* needs about \d+\.\d GiB .*lower hidden_dim"):
+        sccbgm.fit(cells, ["stim"], epochs=1, hidden_dim=200_000, progress=False)
+    with pytest.raises(SCCBGMError, match="hidden_dim"):
+        sccbgm.fit(cells, ["stim"], epochs=1, hidden_dim="wide", progress=False)
+
+
+@pytest.mark.parametrize(("option", "value"), [("epochs", 2.5), ("batch_size", True), ("lr", float("nan")),
+                                               ("hidden_dim", -4), ("kl_weight", "small")])
+def test_option_values_of_the_wrong_type_or_range_are_clear_errors(cells, option, value):
+    with pytest.raises(SCCBGMError, match=rf"option {option} must be a"):
+        sccbgm.fit(cells, ["stim"], progress=False, **{option: value})
+
+
+def test_whole_float_options_are_accepted_as_integers(cells):
+    model = sccbgm.fit(cells, ["stim"], **(FAST | {"epochs": 2.0, "hidden_dim": 16.0}))
+    assert model.options["train"]["epochs"] == 2 and isinstance(model.options["module"]["hidden_dim"], int)
