@@ -145,7 +145,7 @@ def test_python_finder_and_missing_interpreter_are_reported(tmp_path, monkeypatc
 
     from sccbgm.bench import peers
 
-    running = "%d.%d" % sys.version_info[:2]
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
     found = peers.find_python(running)
     assert found is None or peers.find_python(running) == found  # deterministic when present
     assert peers.find_python("2.99") is None
