@@ -46,7 +46,9 @@ Each peer is called through its documented default API:
   sample_covariate_reps = mean PCA embedding of each type's control cells, split_covariates=
   ["cell_type"])``, the tutorial's ``prepare_model`` arguments (layers, widths, constant-noise
   path 0.5, ``match_linear(epsilon=0.5)``, ``MultiSteps(adam(5e-5), 20)``), ``train(batch_size=
-  1024)`` for ``iterations`` steps (the tutorial: 500,000), ``predict`` from the control cells
+  1024)`` for ``iterations`` steps (the tutorial: 500,000; a shortened run, ``epochs`` given,
+  divides every width by 8 and uses batches of 256 -- at the tutorial's widths one step costs
+  ~0.4 TFLOP), ``predict`` from the control cells
   of the held-out type, ``reconstruct_pca`` back to genes. CellFlow transports the control
   *population*: its output is a sample of the predicted population (one cell per control cell,
   from an OT-matched flow), not a per-cell counterfactual, so its cell-level pairing carries no
@@ -229,22 +231,29 @@ def run_cellflow(adata, job):
                     perturbation_covariate_reps={"treatment": "treatment_embeddings"},
                     sample_covariates=["cell_type"], sample_covariate_reps={"cell_type": "cell_type_embeddings"},
                     split_covariates=["cell_type"], max_combination_length=1, null_value=0.0)
-    layers_before_pool = {"treatment": {"layer_type": "mlp", "dims": [1024, 1024], "dropout_rate": 0.5},
-                          "cell_type": {"layer_type": "mlp", "dims": [256, 256], "dropout_rate": 0.0}}
-    layers_after_pool = {"layer_type": "mlp", "dims": [1024, 1024], "dropout_rate": 0.0}
+    # the tutorial's widths; a shortened run (``epochs`` given) divides them by 8 and uses batches of
+    # 256: at full width one iteration costs ~0.4 TFLOP, tens of seconds on a CPU
+    shrink, batch_size = (8, 256) if job.get("epochs") else (1, 1024)
+
+    def w(n):
+        return max(16, n // shrink)
+
+    layers_before_pool = {"treatment": {"layer_type": "mlp", "dims": [w(1024)] * 2, "dropout_rate": 0.5},
+                          "cell_type": {"layer_type": "mlp", "dims": [w(256)] * 2, "dropout_rate": 0.0}}
+    layers_after_pool = {"layer_type": "mlp", "dims": [w(1024)] * 2, "dropout_rate": 0.0}
     cf.prepare_model(condition_mode="deterministic", regularization=0.0, pooling="attention_token",
                      pooling_kwargs={}, layers_before_pool=layers_before_pool, layers_after_pool=layers_after_pool,
-                     condition_embedding_dim=256, cond_output_dropout=0.9, condition_encoder_kwargs={},
-                     pool_sample_covariates=True, time_freqs=1024, time_encoder_dims=[1024, 1024, 1024],
-                     time_encoder_dropout=0.0, hidden_dims=[2048, 2048, 2048], hidden_dropout=0.0,
-                     decoder_dims=[4096, 4096, 4096], vf_act_fn=nn.silu, vf_kwargs=None,
+                     condition_embedding_dim=w(256), cond_output_dropout=0.9, condition_encoder_kwargs={},
+                     pool_sample_covariates=True, time_freqs=w(1024), time_encoder_dims=[w(1024)] * 3,
+                     time_encoder_dropout=0.0, hidden_dims=[w(2048)] * 3, hidden_dropout=0.0,
+                     decoder_dims=[w(4096)] * 3, vf_act_fn=nn.silu, vf_kwargs=None,
                      probability_path={"constant_noise": 0.5},
                      match_fn=functools.partial(match_linear, epsilon=0.5, tau_a=1.0, tau_b=1.0),
                      optimizer=optax.MultiSteps(optax.adam(5e-5), 20), solver_kwargs={},
                      layer_norm_before_concatenation=False, linear_projection_before_concatenation=False,
                      seed=seed)
     iterations = int(job.get("iterations") or 500_000)
-    cf.train(num_iterations=iterations, batch_size=1024, valid_freq=iterations + 1)
+    cf.train(num_iterations=iterations, batch_size=batch_size, valid_freq=iterations + 1)
     held_type = str(ctrl.obs["cell_type"].iloc[0])
     covariates = pd.DataFrame({"treatment": ["stim"], "cell_type": [held_type], "condition": ["target"]})
     covariates["treatment"] = covariates["treatment"].astype("category")
@@ -256,6 +265,7 @@ def run_cellflow(adata, job):
     reconstruct_pca(rec, use_rep="X_pca", ref_adata=train, layers_key_added="X_recon")
     pred = _dense(rec.layers["X_recon"])
     return pred, {"version": version("cellflow-tools"), "iterations": iterations, "n_pcs": n_comps,
+                  "width": "tutorial" if shrink == 1 else f"tutorial / {shrink}", "batch_size": batch_size,
                   "note": "population prediction (OT flow of the control cells)"}
 
 

@@ -516,7 +516,8 @@ def run_real(
         "change from the source cells (`pearson_delta`, `pearson_delta_deg`), fraction of the top DEGs moved in the "
         "right direction (`deg_dir`), and pertpy's energy distance on the PCs (`edist`, lower is better).",
         "Peers: " + (", ".join(peer_names) if peer_names else "none (`--peers none`)") + "; epochs "
-        + (f"{cfg['peer_epochs']} (shortened; CellFlow {cfg['peer_epochs']} x 20 iterations)"
+        + (f"{cfg['peer_epochs']} (shortened; CellFlow {cfg['peer_epochs']} x 20 iterations at 1/8 of its "
+              "tutorial's widths, batches of 256)"
            if cfg["peer_epochs"] else "each peer's own default / tutorial value") + ".",
     ]
     path = write_report(table, out, title=f"sccbgm real-data benchmark: {spec['dataset']}", notes=notes, last=last,

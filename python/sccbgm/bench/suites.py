@@ -260,7 +260,7 @@ def run_synthetic(
         lines += ["- no peers requested (`--peers none`)."]
     lines += ["", "Peers use their documented default API (module docstring of `sccbgm.bench.peer_worker`); at the "
               "quick scale biolord / scGen / CPA train for the listed epochs instead of their defaults (CellFlow: "
-              "20 iterations per epoch). biolord has no encoder: the cells to edit are part of its training data "
+              "20 iterations per epoch at 1/8 of its tutorial's widths, batches of 256). biolord has no encoder: the cells to edit are part of its training data "
               "(factual state only). CellFlow transports the control population (OT flow): its cells are a sample "
               "of the predicted population, not per-cell counterfactuals, so its cell-level MSE measures a "
               "population match only. CPA uses a Gaussian loss on log-normalised values.", ""]
