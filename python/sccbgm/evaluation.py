@@ -283,8 +283,8 @@ def evaluate(
         (``value`` = distance ``D(predicted, target)``), ``rmmd``, ``rfid``, ``rsd`` (``value`` =
         ratio, ``numerator`` = ``D(predicted, target)``, ``denominator`` =
         ``min_gamma D(p_gamma, target)``, ``closest_population`` = that ``gamma``),
-        ``mse_gene``, ``mse_pca``, ``knn_subtype_accuracy``, ``r2_mean`` (R^2 of the gene means,
-        all genes, :func:`sccbgm.metrics.r2_mean`) and, with ``control``, ``r2_mean_deg``,
+        ``mse_gene``, ``mse_pca``, ``knn_subtype_accuracy`` and, with ``control``, ``r2_mean``
+        (R^2 of the gene means, all genes, :func:`sccbgm.metrics.r2_mean`), ``r2_mean_deg``,
         ``pearson_delta``, ``pearson_delta_deg`` and ``deg_direction_accuracy`` (top-k DEGs).
         ``space`` is ``"pca"``, ``"gene"`` or ``"deg"``. ``attrs`` holds ``n_components``, ``pca_fitted_on``, ``bandwidth``,
         ``epsilon``, ``max_cells``, ``seed``.
@@ -377,8 +377,8 @@ def evaluate(
         if projection is not None:
             rows.append(_row("mse_pca", M.cell_mse(pred.x, truth.x, pca=projection), "pca"))
 
-    rows.append(_row("r2_mean", M.r2_mean(pred.x, tgt.x), "gene"))
     if ctrl is not None:
+        rows.append(_row("r2_mean", M.r2_mean(pred.x, tgt.x), "gene"))
         degs = M.top_degs(ctrl.x, tgt.x, n_degs)
         rows.append(_row("r2_mean_deg", M.r2_mean(pred.x, tgt.x, genes=degs), "deg"))
         rows.append(_row("pearson_delta", M.pearson_delta(pred.x, tgt.x, ctrl.x), "gene"))
