@@ -255,7 +255,8 @@ def run_cellflow(adata, job):
     iterations = int(job.get("iterations") or 500_000)
     cf.train(num_iterations=iterations, batch_size=batch_size, valid_freq=iterations + 1)
     held_type = str(ctrl.obs["cell_type"].iloc[0])
-    covariates = pd.DataFrame({"treatment": ["stim"], "cell_type": [held_type], "condition": ["target"]})
+    covariates = pd.DataFrame({"treatment": ["stim"], "cell_type": [held_type], "condition": ["target"],
+                               "is_control": [False]})
     covariates["treatment"] = covariates["treatment"].astype("category")
     covariates["cell_type"] = covariates["cell_type"].astype("category")
     ctrl.uns = train.uns

@@ -143,7 +143,8 @@ def ensure_environment(
     venv = venv_path(root, environment)
     reqs = ENVIRONMENTS[environment]
     steps = [reqs, *FOLLOW_UP.get(environment, [])]
-    stamp = hashlib.sha256("\n".join(" ".join(step) for step in steps).encode()).hexdigest()[:16]
+    text = "\n".join(reqs) + "".join("\n--\n" + " ".join(step) for step in steps[1:])
+    stamp = hashlib.sha256(text.encode()).hexdigest()[:16]
     stamp_file = venv / ".sccbgm-peers-stamp"
     if stamp_file.exists() and stamp_file.read_text().strip() == stamp and _python(venv).exists():
         return _python(venv), ""
