@@ -19,7 +19,8 @@ Environments (``--peers-venv DIR``, default ``$SCCBGM_PEERS_VENV`` or
   by :func:`find_python` (PATH, pyenv, uv); a plain ``pip install cpa-tools`` stalls in
   dependency resolution, so the era's set is pinned (torch 2.0.1 -- the PyPI wheel is the CUDA
   build, about 2.5 GB with its nvidia-* wheels; PyPI has no CPU-only 2.0.1 wheel), then ray /
-  rdkit (imported by ``cpa``), then cpa-tools with ``--no-deps``.
+  rdkit (imported by ``cpa``; pyarrow 14, as ray 2.9 needs ``pa.PyExtensionType``), then
+  cpa-tools with ``--no-deps``.
 * ``cellflow``: cellflow-tools 0.0.9 (JAX on CPU) with the set pip resolved on Python 3.11.
 
 The main and scGen environments use the CPU torch wheel pin of the main environment. If an environment cannot be built or a
@@ -63,7 +64,7 @@ ENVIRONMENTS: dict[str, list[str]] = {
 }
 """The pinned requirement set of each environment (the first ``pip install``)."""
 FOLLOW_UP: dict[str, list[list[str]]] = {
-    "cpa": [["ray[tune]==2.9.3", "rdkit==2023.9.5", "seaborn==0.13.2", "adjustText==1.1.1"],
+    "cpa": [["ray[tune]==2.9.3", "pyarrow==14.0.2", "rdkit==2023.9.5", "seaborn==0.13.2", "adjustText==1.1.1"],
             ["--no-deps", "cpa-tools==0.8.8"]],
 }
 """Further ``pip install`` steps run after :data:`ENVIRONMENTS` (each resolved on its own)."""
