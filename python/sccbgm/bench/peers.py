@@ -52,7 +52,7 @@ ENVIRONMENTS: dict[str, list[str]] = {
     # scGen 2.1.0 imports scvi._compat.Literal / LossRecorder (scvi-tools <= 0.19); these pins are
     # the set measured to import and train on Python 3.11 with the CPU torch wheel.
     "scgen": [TORCH_PIN, "scgen==2.1.0", "scvi-tools==0.19.0", "pytorch-lightning==1.7.7",
-              "torchmetrics==0.11.4", "anndata==0.9.2", "mudata==0.2.3", "scanpy==1.9.8", "numpy==1.26.4",
+              "torchmetrics==0.11.4", "anndata==0.9.2", "mudata==0.2.3", "scanpy==1.9.8", "numpy==1.26.4", "pandas==2.1.4",
               "scipy==1.11.4", "jax==0.4.23", "jaxlib==0.4.23", "flax==0.7.5", "optax==0.1.7",
               "chex==0.1.85", "orbax-checkpoint==0.4.4", "numpyro==0.13.2", "setuptools<81", "requests"],
     "cpa": ["torch==2.0.1", "scvi-tools==0.20.3", "pytorch-lightning==1.9.5", "lightning==2.2.5", "anndata==0.9.2",
