@@ -22,7 +22,7 @@ from sccbgm.data import InputTransform
 from sccbgm.errors import SCCBGMError
 
 FORMAT = "sccbgm-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: ensembles ("more_members"); a single model is still written as v1
 
 
 def module_registry() -> dict[str, tuple[type, type]]:
@@ -43,7 +43,10 @@ class Model:
     transform: genes -> model input space (PCA on log-normalised training cells by default).
     parts: named torch modules (``{"vae": ConceptBottleneckVAE}``; flow models add ``"flow"``).
     options: everything ``fit`` was called with (presets resolved), JSON-able.
-    history: per-epoch loss terms of each trained part, ``{"vae": {"loss": [...], ...}}``.
+    history: per-epoch loss terms of each trained part, ``{"vae": {"loss": [...], ...}}``;
+        members 2..K of an ensemble add ``"<part> (member m)"`` entries.
+    more_members: an ensemble's members 2..K (``parts`` is member 1), each a parts dict like
+        ``parts``: same concepts and input transform, other seeds (``sccbgm.fit(n_members=K)``).
     """
 
     name: str
@@ -52,6 +55,7 @@ class Model:
     parts: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    more_members: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ views
     @property
@@ -69,13 +73,37 @@ class Model:
         return list(self.transform.genes)
 
     @property
+    def members(self) -> list[dict[str, Any]]:
+        """The parts dicts of all ensemble members (one for a single model)."""
+        return [self.parts, *self.more_members]
+
+    @property
+    def n_members(self) -> int:
+        """Ensemble size K (1: a single model)."""
+        return 1 + len(self.more_members)
+
+    def member(self, m: int) -> Model:
+        """Ensemble member m (0-based) as a single model (shares spec, transform and modules)."""
+        if not 0 <= m < self.n_members:
+            raise SCCBGMError(f"member index {m} out of range for an ensemble of {self.n_members}.")
+        options = {k: v for k, v in self.options.items() if k not in ("n_members", "member_seeds")}
+        if "member_seeds" in self.options:
+            options["seed"] = self.options["member_seeds"][m]
+        history = {k: v for k, v in self.history.items() if "(member" not in k} if m == 0 else {
+            k.split(" (member")[0]: v for k, v in self.history.items() if k.endswith(f"(member {m + 1})")
+        }
+        return Model(name=self.name, spec=self.spec, transform=self.transform, parts=self.members[m],
+                     options=options, history=history)
+
+    @property
     def default_residual(self) -> bool:
         return bool(self.options.get("residual", True))
 
     def __repr__(self) -> str:
-        n_par = sum(p.numel() for m in self.parts.values() for p in m.parameters())
+        n_par = sum(p.numel() for parts in self.members for m in parts.values() for p in m.parameters())
+        ensemble = f", ensemble of {self.n_members}" if self.n_members > 1 else ""
         return (
-            f"sccbgm.Model({self.name!r}, {len(self.genes)} genes, concepts={self.concepts}, "
+            f"sccbgm.Model({self.name!r}{ensemble}, {len(self.genes)} genes, concepts={self.concepts}, "
             f"K={self.spec.n_concepts}, input={self.transform.input_kind}/{self.transform.representation}"
             f"[{self.transform.n_features}], {n_par:,} parameters)"
         )
@@ -104,22 +132,27 @@ class Model:
         from safetensors.torch import save_file
 
         tensors = {}
-        for part, module in self.parts.items():
-            for key, value in module.state_dict().items():
-                tensors[f"{part}.{key}"] = value.detach().cpu().contiguous()
+        for m, parts in enumerate(self.members):
+            for part, module in parts.items():
+                for key, value in module.state_dict().items():
+                    tensors[f"{_member_prefix(m)}{part}.{key}"] = value.detach().cpu().contiguous()
         import torch
 
         for key, value in self.transform.arrays().items():
             tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
         header = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.more_members else 1,
             "name": self.name,
             "spec": self.spec.to_dict(),
             "transform": self.transform.header(),
             "parts": {
                 part: {"class": type(m).__name__, "config": m.config.to_dict()} for part, m in self.parts.items()
             },
+            "more_members": [
+                {part: {"class": type(m).__name__, "config": m.config.to_dict()} for part, m in parts.items()}
+                for parts in self.more_members
+            ],
             "options": self.options,
             "history": self.history,
         }
@@ -150,19 +183,30 @@ class Model:
                 f"this sccbgm reads {FORMAT!r} up to v{FORMAT_VERSION}."
             )
         registry = module_registry()
-        parts = {}
-        for part, desc in header["parts"].items():
-            module_cls, config_cls = registry[desc["class"]]
-            module = module_cls(config_cls(**desc["config"]))
-            state = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
-            module.load_state_dict(state)
-            parts[part] = module.to(device).eval()
+        members = []
+        # files written before ensembles have no "more_members": a single model
+        for m, descs in enumerate([header["parts"], *header.get("more_members", [])]):
+            parts = {}
+            for part, desc in descs.items():
+                module_cls, config_cls = registry[desc["class"]]
+                module = module_cls(config_cls(**desc["config"]))
+                prefix = f"{_member_prefix(m)}{part}."
+                state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                module.load_state_dict(state)
+                parts[part] = module.to(device).eval()
+            members.append(parts)
         arrays = {k: tensors[k].numpy() for k in ("transform.mean", "transform.components")}
         return cls(
             name=header["name"],
             spec=ConceptSpec.from_dict(header["spec"]),
             transform=InputTransform.from_saved(header["transform"], arrays),
-            parts=parts,
+            parts=members[0],
             options=header["options"],
             history=header["history"],
+            more_members=members[1:],
         )
+
+
+def _member_prefix(m: int) -> str:
+    """Tensor-name prefix of ensemble member m (0-based): none for the first, as in v1 files."""
+    return "" if m == 0 else f"member{m + 1}/"
