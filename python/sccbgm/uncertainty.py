@@ -130,3 +130,9 @@ def linear_concept_effects(tr: Any, matrix: Any, values: np.ndarray, mask: np.nd
     for idx, block in tr.iter_chunks(matrix, np.arange(matrix.shape[0])):
         xtd += design[idx].T @ block
     return np.linalg.lstsq(design.T @ design, xtd, rcond=None)[0][1:]
+
+
+def interval_coverage(truth: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float:
+    """Fraction of cell x gene pairs whose true value lies in [lower, upper] (all (n, G))."""
+    truth, lower, upper = (np.asarray(a, dtype=np.float64) for a in (truth, lower, upper))
+    return float(np.mean((truth >= lower) & (truth <= upper)))

@@ -13,7 +13,8 @@ from sccbgm.cli import main
 
 
 def test_demo_writes_report_model_and_plots(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--cells", "800", "--genes", "60"]) == 0
+    # 2 ensemble members instead of the demo's 3 keep this test's fit time down
+    assert main(["demo", "--out", str(tmp_path), "--cells", "800", "--genes", "60", "--members", "2"]) == 0
     report = (tmp_path / "report.md").read_text()
     for editor in ("no edit", "mean shift (other types)", "scCBGM"):
         assert f"| {editor} |" in report
@@ -21,10 +22,14 @@ def test_demo_writes_report_model_and_plots(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "results.csv")
     assert set(table["editor"]) == {"no edit", "mean shift (other types)", "scCBGM"}
     assert (table["mse_genes"] > 0).all()
-    for png in ("errors.png", "embedding.png", "history.png"):
+    for png in ("errors.png", "embedding.png", "history.png", "uncertainty.png"):
         assert (tmp_path / png).stat().st_size > 1000
     model = sccbgm.load(tmp_path / "model.sccbgm")
-    assert model.name == "sccbgm"
+    assert model.name == "sccbgm" and model.n_members == 2
+    # the uncertainty section states the coverage of the true counterfactuals
+    assert "## Per-cell uncertainty" in report
+    coverage = float(report.split("target 90%): **")[1].split("%")[0])
+    assert 0 < coverage <= 100
     assert "[4/4] report" in capsys.readouterr().out
 
 
