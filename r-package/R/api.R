@@ -182,7 +182,7 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #' An ensemble model (`sccbgm_fit(..., n_members = K)`, K > 1) returns the members' mean edit
 #' in `name` and its per-cell uncertainty as three more matrices (genes x cells, log-normalised
 #' units): `<name>_edit_sd` (sd over members of the predicted change), `<name>_edit_lower` and
-#' `<name>_edit_upper` (a 90% interval of the edited expression; see the package's
+#' `<name>_edit_upper` (a 90\% interval of the edited expression; see the package's
 #' docs/uncertainty.md for its calibration). Seurat: assays of those names (`data` slot); SCE:
 #' assays of those names, or, when the edit went to an altExp, assays `edit_sd`, `edit_lower`,
 #' `edit_upper` of that altExp. How they were computed is in the record (`uncertainty_*`).
