@@ -252,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--members", type=int, default=1,
+                   help="ensemble size; > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
     f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
 
             opts = {"epochs": args.epochs} if args.epochs is not None else {}
             model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
-                               layer=args.layer, seed=args.seed, **opts)
+                               layer=args.layer, seed=args.seed, n_members=args.members, **opts)
             sccbgm.save(model, out)
             print(f"{model}\nwrote {out}")
         elif args.command == "edit":

@@ -173,3 +173,20 @@ def test_cli_process_prints_no_traceback(files, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("sccbgm: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_fit_an_ensemble_and_edit_with_uncertainty_layers(toy, tmp_path):
+    data = tmp_path / "cells.h5ad"
+    small = toy[:300].copy()
+    del small.uns["stim_effect"]
+    small.write_h5ad(data)
+    model_path = tmp_path / "ens.sccbgm"
+    assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--members", "2",
+                 "--out", str(model_path)]) == 0
+    assert sccbgm.load(model_path).n_members == 2
+    out = tmp_path / "edited.h5ad"
+    assert main(["edit", str(data), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
+                 "--out", str(out)]) == 0
+    edited = ad.read_h5ad(out)
+    assert {"edit_sd", "edit_lower", "edit_upper"} <= set(edited.layers)
+    assert edited.uns["sccbgm_edit"]["n_members"] == 2
