@@ -15,15 +15,12 @@ from sccbgm.errors import SCCBGMError
 DATA = shared_data_dir()
 KANG = DATA / KANG_SUBSET_FILE
 HUMAN = DATA / "progeny_human_top500.csv"
-needs_data = pytest.mark.skipif(
-    not (KANG.is_file() and HUMAN.is_file()), reason=f"shared data absent: {DATA} lacks the Kang / PROGENy files"
-)
+needs_data = pytest.mark.shared_data(KANG_SUBSET_FILE, HUMAN.name)  # skip, or fail under CI (conftest)
 
 
 @pytest.fixture(scope="module")
-def kang_lognorm():
-    if not (KANG.is_file() and HUMAN.is_file()):
-        pytest.skip(f"shared data absent: {DATA}")
+def kang_lognorm(require_shared_data):
+    require_shared_data(KANG_SUBSET_FILE, HUMAN.name)
     import scanpy as sc
 
     a = ad.read_h5ad(KANG)
