@@ -113,7 +113,7 @@ def test_cli_failure_paths_exit_2_with_one_line_and_destroy_nothing(files, tmp_p
         (["fit", str(data), "--concepts", "stim", "--layer", "counts", "--out", str(tmp_path / "m2.sccbgm")],
          "layer 'counts' not found"),
         (["fit", str(data), "--concepts", "stim", "--epochs", "0", "--out", str(tmp_path / "m2.sccbgm")],
-         "epochs must be >= 1"),
+         "option epochs must be a whole number >= 1"),
         (["fit", str(data), "--concepts", "stim", "--model", "scgen", "--out", str(tmp_path / "m2.sccbgm")],
          "unknown model 'scgen'"),
         # argparse usage errors: one line too
