@@ -153,8 +153,9 @@ def fit(
     from sccbgm.presets import get_preset
 
     _check_adata(adata)
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise SCCBGMError(f"unknown model {model!r}; available models: {list(MODELS)}.")
+    _check_fit_arguments(concepts, seed, n_pcs, representation, input_kind)
     if base is not None:
         if model not in ("sccbgm-fm", "cvae-fm"):
             raise SCCBGMError(f"`base` applies to model='sccbgm-fm' or 'cvae-fm' only, not {model!r}.")
@@ -236,6 +237,28 @@ def fit(
             model, matrix, transform, spec, values, mask, cfg, options_record,
             seed=seed, device=device, progress=progress, base=base,
         )
+
+
+def _check_fit_arguments(concepts: Any, seed: Any, n_pcs: Any, representation: Any, input_kind: Any) -> None:
+    """Types and values of ``fit``'s own arguments (options are checked by _check_option_values)."""
+    try:
+        names = [concepts] if isinstance(concepts, str) else list(concepts)
+    except TypeError:
+        names = [None]
+    if isinstance(concepts, Mapping) or not all(isinstance(c, str) for c in names):
+        raise SCCBGMError(f"`concepts` must be an obs column name or a list of them, not {concepts!r}.")
+
+    def whole(value: Any, low: int) -> bool:
+        return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low)
+
+    if seed is not None and not whole(seed, 0):
+        raise SCCBGMError(f"seed must be a non-negative whole number or None, not {seed!r}.")
+    if n_pcs is not None and not whole(n_pcs, 1):
+        raise SCCBGMError(f"n_pcs must be a whole number >= 1, not {n_pcs!r}.")
+    if representation not in ("pca", "genes"):
+        raise SCCBGMError(f"representation must be 'pca' or 'genes', not {representation!r}.")
+    if input_kind not in ("auto", "counts", "lognorm"):
+        raise SCCBGMError(f"input_kind must be 'auto', 'counts' or 'lognorm', not {input_kind!r}.")
 
 
 def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, flow: bool = False) -> None:
@@ -448,7 +471,9 @@ def save(model: Model, path: str | os.PathLike[str]) -> None:
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """Read a model written by :func:`save`. Never unpickles: a wrong file raises SCCBGMError."""
-    return Model.load(path, device=device)
+    from sccbgm.train import resolve_device
+
+    return Model.load(path, device=str(resolve_device(device)))
 
 
 def _check_model(model: Any) -> None:

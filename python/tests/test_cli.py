@@ -168,3 +168,10 @@ def test_cli_process_prints_no_traceback(files, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("sccbgm: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_bench_errors_are_one_line_too(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path / "no.h5ad"), "--tasks", str(tmp_path / "no.json"),
+                 "--out", str(tmp_path / "out")])
+    _one_error_line(capsys, 2, code, "no such file")
+    _one_error_line(capsys, 2, main(["bench", "overhead", "--epochs", "0"]), "epochs must be >= 1")

@@ -198,3 +198,28 @@ def test_30000_genes_fit_and_edit_without_crashing():
     assert model.transform.components.shape[1] == g
     edited = sccbgm.edit(model, adata[:50], {"stim": 1})
     assert edited.shape == (50, g) and np.isfinite(edited.X).all()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"seed": "a"}, "seed must be a non-negative whole number"),
+    ({"seed": 1.5}, "seed must be"),
+    ({"n_pcs": 0}, "n_pcs must be a whole number >= 1"),
+    ({"representation": "Genes"}, "representation must be 'pca' or 'genes'"),
+    ({"input_kind": "raw"}, "input_kind must be"),
+    ({"device": "tpu"}, "device must be 'auto', 'cpu' or 'cuda'"),
+    ({"num_threads": "2"}, "num_threads must be >= 1"),
+])
+def test_fit_arguments_of_the_wrong_type_are_clear_errors(cells, kwargs, message):
+    with pytest.raises(SCCBGMError, match=message):
+        sccbgm.fit(cells, ["stim"], **(FAST | kwargs))
+
+
+def test_concepts_save_and_load_arguments_of_the_wrong_type(cells, toy_model):
+    for concepts in (None, 3, ["stim", 4]):
+        with pytest.raises(SCCBGMError, match="`concepts` must be"):
+            sccbgm.fit(cells, concepts, **FAST)
+    for path in (None, 3, ""):
+        with pytest.raises(SCCBGMError, match="`path` must be a file path"):
+            sccbgm.save(toy_model, path)
+        with pytest.raises(SCCBGMError, match="`path` must be a file path"):
+            sccbgm.load(path)
