@@ -95,8 +95,9 @@ def fit(
         median total and log1p-transformed inside) or log-normalised expression, in X or ``layer``.
     concepts
         obs columns: a categorical/string column gives one binary concept per category; bool or
-        0/1 columns are binary; other numeric columns are continuous (scaled to [0, 1] with the
-        training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
+        0/1 columns are binary; an integer column with at most 20 distinct values (cluster ids) is
+        categorical, with a warning; other numeric columns are continuous (scaled to [0, 1] with
+        the training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
     model
         ``"sccbgm"`` (scCBGM), ``"cbgm"`` (CBGM of Ismail et al. 2023: CEM bottleneck, no skip
         connections, cosine orthogonality loss), ``"cvae"`` (conditional VAE on the same
