@@ -121,10 +121,14 @@ def test_fit_leaves_the_torch_rng_and_thread_count_as_they_were(cells):
         state = torch.get_rng_state()
         expected_draw = torch.rand(3)
         torch.set_rng_state(state)
-        sccbgm.fit(cells, ["stim"], num_threads=1, **FAST)
+        np.random.seed(7)  # noqa: NPY002 (the legacy global state is what a caller may rely on)
+        np_state = np.random.get_state()[1].copy()  # noqa: NPY002
+        model = sccbgm.fit(cells, ["stim"], num_threads=1, **FAST)
+        sccbgm.edit(model, cells[:20], {"stim": 1})
         assert torch.get_num_threads() == before_threads
         assert torch.equal(torch.get_rng_state(), state)
         assert torch.equal(torch.rand(3), expected_draw)
+        assert np.array_equal(np.random.get_state()[1], np_state)  # noqa: NPY002
     finally:
         torch.set_num_threads(threads)
 
