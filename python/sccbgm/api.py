@@ -97,8 +97,9 @@ def fit(
         median total and log1p-transformed inside) or log-normalised expression, in X or ``layer``.
     concepts
         obs columns: a categorical/string column gives one binary concept per category; bool or
-        0/1 columns are binary; other numeric columns are continuous (scaled to [0, 1] with the
-        training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
+        0/1 columns are binary; an integer column with at most 20 distinct values (cluster ids) is
+        categorical, with a warning; other numeric columns are continuous (scaled to [0, 1] with
+        the training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
     model
         ``"sccbgm"`` (scCBGM), ``"cbgm"`` (CBGM of Ismail et al. 2023: CEM bottleneck, no skip
         connections, cosine orthogonality loss), ``"cvae"`` (conditional VAE on the same
@@ -162,8 +163,9 @@ def fit(
     from sccbgm.presets import get_preset
 
     _check_adata(adata)
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise SCCBGMError(f"unknown model {model!r}; available models: {list(MODELS)}.")
+    _check_fit_arguments(concepts, seed, n_pcs, representation, input_kind)
     if base is not None:
         if model not in ("sccbgm-fm", "cvae-fm"):
             raise SCCBGMError(f"`base` applies to model='sccbgm-fm' or 'cvae-fm' only, not {model!r}.")
@@ -288,14 +290,37 @@ def _join_members(members: list[Model]) -> Model:
                  options=options, history=history, more_members=[member.parts for member in members[1:]])
 
 
+def _check_fit_arguments(concepts: Any, seed: Any, n_pcs: Any, representation: Any, input_kind: Any) -> None:
+    """Types and values of ``fit``'s own arguments (options are checked by _check_option_values)."""
+    try:
+        names = [concepts] if isinstance(concepts, str) else list(concepts)
+    except TypeError:
+        names = [None]
+    if isinstance(concepts, Mapping) or not all(isinstance(c, str) for c in names):
+        raise SCCBGMError(f"`concepts` must be an obs column name or a list of them, not {concepts!r}.")
+
+    def whole(value: Any, low: int) -> bool:
+        return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low)
+
+    if seed is not None and not whole(seed, 0):
+        raise SCCBGMError(f"seed must be a non-negative whole number or None, not {seed!r}.")
+    if n_pcs is not None and not whole(n_pcs, 1):
+        raise SCCBGMError(f"n_pcs must be a whole number >= 1, not {n_pcs!r}.")
+    if representation not in ("pca", "genes"):
+        raise SCCBGMError(f"representation must be 'pca' or 'genes', not {representation!r}.")
+    if input_kind not in ("auto", "counts", "lognorm"):
+        raise SCCBGMError(f"input_kind must be 'auto', 'counts' or 'lognorm', not {input_kind!r}.")
+
+
 def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, flow: bool = False) -> None:
     """Refuse a fit whose dense working memory exceeds the available memory (SCCBGMError).
 
-    PCA: the G x G Gram matrix, covariance, eigenvectors and eigh workspace (4 G^2 float64,
-    :func:`sccbgm.data._pca`); genes: the first and last layers (G x hidden) with their gradients
-    and Adam moments, plus dense minibatches. Both add the dense chunks streamed through X.
+    Both: the network with gradients and Adam moments, and the dense chunks streamed through X
+    (:func:`sccbgm.data.chunk_rows`). PCA adds the randomized PCA's G x (k + oversample) float64
+    blocks (:func:`sccbgm.data._pca`: basis, X^T X basis, centred product); genes adds the dense
+    minibatches.
     """
-    from sccbgm.data import CHUNK, require_memory
+    from sccbgm.data import PCA_OVERSAMPLE, chunk_rows, require_memory
 
     n, g = (int(v) for v in matrix.shape)
     net = _network_bytes(cfg, g if representation == "genes" else int(cfg.get("n_pcs", 64)) + 16, flow=flow)
@@ -303,13 +328,14 @@ def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, 
         net, "the network (weights, gradients and Adam moments)",
         "lower hidden_dim / n_layers (or flow_hidden_dim / flow_n_layers)",
     )
-    chunks = min(n, CHUNK) * g * 8 * 3
+    chunks = min(n, chunk_rows(g)) * g * 8 * 3
     if representation == "genes":
         batch = int(cfg["train"].get("batch_size", 128))
         need = net + min(batch, n) * g * 8 * 6 + chunks
         advice = "use fewer genes (e.g. highly variable genes) or representation='pca'"
     else:
-        need = net + 4 * g * g * 8 + chunks
+        width = min(int(cfg.get("n_pcs", 64)) + PCA_OVERSAMPLE, g)
+        need = net + 3 * g * width * 8 + chunks
         advice = ("select fewer genes first, e.g. sc.pp.highly_variable_genes(adata, n_top_genes=5000, "
                   "subset=True)")
     require_memory(need, f"fitting on {g:,} genes with representation={representation!r}", advice)
@@ -507,7 +533,9 @@ def save(model: Model, path: str | os.PathLike[str]) -> None:
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """Read a model written by :func:`save`. Never unpickles: a wrong file raises SCCBGMError."""
-    return Model.load(path, device=device)
+    from sccbgm.train import resolve_device
+
+    return Model.load(path, device=str(resolve_device(device)))
 
 
 def _check_model(model: Any) -> None:

@@ -227,13 +227,37 @@ def main(argv: list[str] | None = None) -> int:
 
     No failure prints a Python traceback: a user error (SCCBGMError, bad file, bad --set,
     existing output) is one line ``sccbgm: error: ...`` and exit code 2; an unexpected internal
-    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback).
+    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback). The same holds
+    for ``sccbgm bench ...``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from sccbgm.bench import main as bench_main
+    from sccbgm.errors import SCCBGMError
 
-        return bench_main(argv[1:])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "bench":
+            from sccbgm.bench import main as bench_main
+
+            return bench_main(argv[1:])
+        return _run(argv)
+    except (SCCBGMError, UsageError) as err:
+        print(f"sccbgm: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sccbgm: interrupted; nothing was written over an existing file.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("sccbgm: error: out of memory; use fewer cells or genes (see docs/reliability.md).", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (no traceback for a CLI user)
+        if os.environ.get("SCCBGM_DEBUG"):
+            raise
+        print(f"sccbgm: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
+              "(rerun with SCCBGM_DEBUG=1 for the traceback).", file=sys.stderr)
+        return 1
+
+
+def _run(argv: list[str]) -> int:
+    """Parse ``argv`` and run demo / fit / edit (errors are turned into exit codes by main)."""
     parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
@@ -265,50 +289,31 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        _check_output(args.out, [], args.overwrite, folder=True)
+        demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed, n_members=args.members)
+    elif args.command == "fit":
+        data = _input_file(args.h5ad, "input file")
+        out = _check_output(args.out, [data], args.overwrite)
+        import sccbgm
 
-    from sccbgm.errors import SCCBGMError
+        opts = {"epochs": args.epochs} if args.epochs is not None else {}
+        model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
+                           layer=args.layer, seed=args.seed, n_members=args.members, **opts)
+        sccbgm.save(model, out)
+        print(f"{model}\nwrote {out}")
+    elif args.command == "edit":
+        data = _input_file(args.h5ad, "input file")
+        model_path = _input_file(args.model, "model file")
+        out = _check_output(args.out, [data, model_path], args.overwrite)
+        set_ = _parse_set(args.set)
+        import sccbgm
 
-    try:
-        if args.command == "demo":
-            _check_output(args.out, [], args.overwrite, folder=True)
-            demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed, n_members=args.members)
-        elif args.command == "fit":
-            data = _input_file(args.h5ad, "input file")
-            out = _check_output(args.out, [data], args.overwrite)
-            import sccbgm
-
-            opts = {"epochs": args.epochs} if args.epochs is not None else {}
-            model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
-                               layer=args.layer, seed=args.seed, n_members=args.members, **opts)
-            sccbgm.save(model, out)
-            print(f"{model}\nwrote {out}")
-        elif args.command == "edit":
-            data = _input_file(args.h5ad, "input file")
-            model_path = _input_file(args.model, "model file")
-            out = _check_output(args.out, [data, model_path], args.overwrite)
-            set_ = _parse_set(args.set)
-            import sccbgm
-
-            model = sccbgm.load(model_path)
-            edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
-                                 residual=False if args.decoder_output else None)
-            _write_h5ad_atomic(edited, out)
-            print(f"edited {edited.n_obs} cells; wrote {out}")
-    except (SCCBGMError, UsageError) as err:
-        print(f"sccbgm: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sccbgm: interrupted; nothing was written over an existing file.", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("sccbgm: error: out of memory; use fewer cells or genes (see docs/reliability.md).", file=sys.stderr)
-        return 2
-    except Exception as err:  # noqa: BLE001 (no traceback for a CLI user)
-        if os.environ.get("SCCBGM_DEBUG"):
-            raise
-        print(f"sccbgm: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
-              "(rerun with SCCBGM_DEBUG=1 for the traceback).", file=sys.stderr)
-        return 1
+        model = sccbgm.load(model_path)
+        edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
+                             residual=False if args.decoder_output else None)
+        _write_h5ad_atomic(edited, out)
+        print(f"edited {edited.n_obs} cells; wrote {out}")
     return 0
 
 

@@ -4,7 +4,9 @@
 2. Action: on the concept dimensions named in ``set``, c_hat_k <- c'_k. Following the paper, a
    cell whose observed label already equals the target keeps c_hat for that column; otherwise the
    column's whole block is assigned (a categorical column's one-hot is swapped). Where the label
-   is missing, or the concept column is absent from ``adata.obs``, the block is assigned.
+   is missing, or the concept column is absent from ``adata.obs``, the block is assigned. A label a
+   concept-bottleneck model cannot encode (a category unseen at fit time) counts as missing: the
+   model abducts the concepts from expression, so it does not block the edit.
 3. Prediction: x_hat' = D([u, c_hat']) in the model's input space, mapped back to genes.
 
 Two outputs in gene space (log-normalised), chosen by ``residual``:

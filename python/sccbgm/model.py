@@ -154,7 +154,7 @@ class Model:
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
+        path = _path(path)
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise SCCBGMError(f"cannot save the model to {path!r}: it is a folder; give a file name.")
@@ -208,7 +208,7 @@ class Model:
         """
         from safetensors import SafetensorError, safe_open
 
-        path = os.fspath(path)
+        path = _path(path)
         if not os.path.isfile(path):
             raise SCCBGMError(f"no model file at {path!r}.")
         try:
@@ -322,6 +322,12 @@ def _load_part(part: str, desc: dict[str, Any], tensors: dict[str, Any], prefix:
         )
     module.load_state_dict(state)
     return module.to(device).eval()
+
+
+def _path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise SCCBGMError(f"`path` must be a file path (str or pathlib.Path), not {path!r}.")
+    return os.fspath(path)
 
 
 def _umask() -> int:

@@ -118,7 +118,7 @@ def test_cli_failure_paths_exit_2_with_one_line_and_destroy_nothing(files, tmp_p
         (["fit", str(data), "--concepts", "stim", "--layer", "counts", "--out", str(tmp_path / "m2.sccbgm")],
          "layer 'counts' not found"),
         (["fit", str(data), "--concepts", "stim", "--epochs", "0", "--out", str(tmp_path / "m2.sccbgm")],
-         "epochs must be >= 1"),
+         "option epochs must be a whole number >= 1"),
         (["fit", str(data), "--concepts", "stim", "--model", "scgen", "--out", str(tmp_path / "m2.sccbgm")],
          "unknown model 'scgen'"),
         # argparse usage errors: one line too
@@ -190,3 +190,10 @@ def test_fit_an_ensemble_and_edit_with_uncertainty_layers(toy, tmp_path):
     edited = ad.read_h5ad(out)
     assert {"edit_sd", "edit_lower", "edit_upper"} <= set(edited.layers)
     assert edited.uns["sccbgm_edit"]["n_members"] == 2
+
+
+def test_bench_errors_are_one_line_too(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path / "no.h5ad"), "--tasks", str(tmp_path / "no.json"),
+                 "--out", str(tmp_path / "out")])
+    _one_error_line(capsys, 2, code, "no such file")
+    _one_error_line(capsys, 2, main(["bench", "overhead", "--epochs", "0"]), "epochs must be >= 1")
