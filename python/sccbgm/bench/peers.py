@@ -244,8 +244,9 @@ def run_peer(
         env = _worker_env()
         worker = Path(__file__).with_name("peer_worker.py")
         try:
+            # cwd = the job folder: CPA writes model.pt / history.csv / CPA_info.json into the cwd
             proc = subprocess.run([str(python), str(worker), str(tmp_path / "job.json")], capture_output=True,
-                                  text=True, timeout=timeout, env=env)
+                                  text=True, timeout=timeout, env=env, cwd=tmp_path)
         except subprocess.TimeoutExpired:
             return PeerResult(peer, None, time.perf_counter() - t0, f"timed out after {timeout:.0f} s")
         seconds = time.perf_counter() - t0
