@@ -233,7 +233,7 @@ def run_peer(
         return PeerResult(peer, None, 0.0, f"`import {IMPORTS[peer]}` fails in {python.parent.parent}: {why}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp_path = Path(tmp)
+        tmp_path = Path(tmp).resolve()
         write_job_data(td, tmp_path / "data.h5ad")
         job = {"peer": peer, "data": str(tmp_path / "data.h5ad"), "concept": td.task.concept,
                "concepts": list(td.concepts), "cell_type": td.task.cell_type, "epochs": epochs,
