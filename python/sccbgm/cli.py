@@ -1,4 +1,5 @@
-"""Command line: ``sccbgm demo``, ``sccbgm bench ...``, ``sccbgm fit``, ``sccbgm edit``.
+"""Command line: ``sccbgm demo``, ``sccbgm bench ...``, ``sccbgm fit``, ``sccbgm edit``, and the
+tools ``sccbgm validate``, ``sccbgm sweep``, ``sccbgm search`` (:mod:`sccbgm.tools`).
 
 ``sccbgm demo --out DIR`` runs the main job end to end on an embedded default: simulate a data
 set with ground-truth counterfactuals -> fit scCBGM on an intervention split -> edit the held-out
@@ -95,6 +96,113 @@ def _strongest_task(adata: Any) -> Any:
     return max(eligible_intervention_tasks(adata), key=lambda t: (strength[names.index(t.concept)], t.cell_type))
 
 
+def _read_h5ad(path: str) -> Any:
+    import anndata as ad
+
+    from sccbgm.errors import SCCBGMError
+
+    if not Path(path).is_file():
+        raise SCCBGMError(f"{path}: no such file.")
+    return ad.read_h5ad(path)
+
+
+def _json_mapping(text: str, option: str) -> dict[str, Any]:
+    from sccbgm.errors import SCCBGMError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SCCBGMError(f"{option} must be a JSON object such as '{{\"condition\": \"stim\"}}' ({err}).") from None
+    if not isinstance(value, dict) or not value:
+        raise SCCBGMError(f"{option} must be a non-empty JSON object, got {text!r}.")
+    return value
+
+
+def _value(text: str) -> Any:
+    """A swept value from the command line: a number when it parses as one, else the string."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    v = sub.add_parser("validate", help="trust report: per group, hold the edited cells out, fit, edit, "
+                                        "compare with the real cells and the trivial floors")
+    v.add_argument("h5ad")
+    v.add_argument("--concepts", nargs="+", required=True)
+    v.add_argument("--edit", required=True, help='JSON, e.g. \'{"condition": "stim"}\'')
+    v.add_argument("--group", required=True, help="obs column validated one value at a time, e.g. cell_type")
+    v.add_argument("--source", help="JSON {column: source value} (default: the one other value)")
+    v.add_argument("--groups", nargs="+", help="only these group values")
+    v.add_argument("--min-cells", type=int, default=10)
+    s = sub.add_parser("sweep", help="dose response: edit the cells to each value of a concept")
+    s.add_argument("h5ad")
+    s.add_argument("--model", required=True, help="model file (sccbgm fit --out)")
+    s.add_argument("--concept", required=True)
+    s.add_argument("--values", nargs="+", required=True, help="values of the concept (numbers or categories)")
+    s.add_argument("--group", help="obs column: one curve per value")
+    s.add_argument("--cells", help='JSON selector of the cells to edit, e.g. \'{"condition": "ctrl"}\'')
+    s.add_argument("--n-top", type=int, default=10)
+    q = sub.add_parser("search", help="rank pathway edits that move source cells toward target cells (paper 5.3)")
+    q.add_argument("h5ad")
+    q.add_argument("--source", required=True, help='JSON selector, e.g. \'{"condition": "ctrl"}\'')
+    q.add_argument("--target", required=True, help="JSON selector of the target cells")
+    q.add_argument("--concepts", nargs="*", default=[], help="further concept columns, e.g. cell_type")
+    q.add_argument("--organism", default="human")
+    q.add_argument("--weights", help="PROGENy weights CSV (source,target,weight)")
+    q.add_argument("--n-pathways", type=int, default=5)
+    q.add_argument("--n-combine", type=int, default=3)
+    for p in (v, q):
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--seed", type=int, default=0)
+    for p in (v, s, q):
+        p.add_argument("--layer")
+        p.add_argument("--out", required=True, help="output folder (CSV table + PNG plot)")
+
+
+def _run_tool(args: Any) -> None:
+    import sccbgm
+
+    out = Path(args.out)
+    fit = {"epochs": args.epochs} if getattr(args, "epochs", None) else {}
+    if args.command == "validate":
+        adata = _read_h5ad(args.h5ad)
+        source = _json_mapping(args.source, "--source") if args.source else None
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.validate(adata, args.concepts, _json_mapping(args.edit, "--edit"), args.group, source=source,
+                                groups=args.groups, min_cells=args.min_cells, layer=args.layer, seed=args.seed,
+                                plot=out / "validation.png", **fit)
+        table.to_csv(out / "validation.csv", index=False)
+        print(table.attrs["verdict"])
+        print(f"wrote {out / 'validation.csv'} and {out / 'validation.png'}")
+    elif args.command == "sweep":
+        adata = _read_h5ad(args.h5ad)
+        model = sccbgm.load(args.model)
+        cells = None
+        if args.cells:
+            from sccbgm.datasets import select_cells
+
+            cells = select_cells(adata.obs, _json_mapping(args.cells, "--cells"))
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.sweep(model, adata, args.concept, [_value(v) for v in args.values], group=args.group,
+                             cells=cells, layer=args.layer, n_top=args.n_top, plot=out / "sweep.png")
+        table.to_csv(out / "sweep.csv", index=False)
+        print(f"most responsive genes: {', '.join(table.attrs['top_genes'])}")
+        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    else:
+        adata = _read_h5ad(args.h5ad)
+        source, target = _json_mapping(args.source, "--source"), _json_mapping(args.target, "--target")
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.search_concepts(adata, source, target, concepts=args.concepts, organism=args.organism,
+                                       weights=args.weights, n_pathways=args.n_pathways, n_combine=args.n_combine,
+                                       layer=args.layer, seed=args.seed, plot=out / "search.png", **fit)
+        table.to_csv(out / "search.csv", index=False)
+        table.attrs["separation"].to_csv(out / "separation.csv", index=False)
+        print(table.attrs["report"])
+        print(f"wrote {out / 'search.csv'}, {out / 'separation.csv'} and {out / 'search.png'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -126,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--layer")
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
     e.add_argument("--out", required=True, help=".h5ad to write")
+    _add_tool_parsers(sub)
     args = parser.parse_args(argv)
 
     from sccbgm.errors import SCCBGMError
@@ -152,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
                                  layer=args.layer, residual=False if args.decoder_output else None)
             edited.write_h5ad(args.out)
             print(f"edited {edited.n_obs} cells; wrote {args.out}")
+        elif args.command in ("validate", "sweep", "search"):
+            _run_tool(args)
     except SCCBGMError as err:
         print(f"sccbgm: error: {err}", file=sys.stderr)
         return 2
