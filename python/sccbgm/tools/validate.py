@@ -47,15 +47,22 @@ def _source_state(obs: pd.DataFrame, edit: Mapping[str, Any], source: Mapping[st
         return dict(source)
     out = {}
     for column, value in edit.items():
-        others = sorted({str(v) for v in obs[column].dropna().unique()} - {str(value)})
-        if str(value) not in {str(v) for v in obs[column].dropna().unique()}:
+        series = obs[column].dropna()
+        observed = list(series.unique())
+        numeric = pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+        try:
+            same = [bool(np.isclose(float(v), float(value))) if numeric else str(v) == str(value) for v in observed]
+        except (TypeError, ValueError):
+            raise SCCBGMError(f"edit value {column}={value!r} is not a number, but adata.obs[{column!r}] is numeric.") from None
+        if not any(same):
             raise SCCBGMError(f"edit value {column}={value!r} is not observed in adata.obs[{column!r}].")
+        others = sorted((v for v, hit in zip(observed, same, strict=True) if not hit), key=str)
         if len(others) != 1:
             raise SCCBGMError(
                 f"adata.obs[{column!r}] has {len(others)} values besides {value!r} ({others[:5]}); "
                 f"say which cells are the source state with `source={{{column!r}: ...}}`."
             )
-        out[column] = others[0]
+        out[column] = others[0].item() if isinstance(others[0], np.generic) else others[0]
     return out
 
 
