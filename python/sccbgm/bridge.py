@@ -711,4 +711,8 @@ def search_concepts(spec: Mapping[str, Any], source: Mapping[str, Any], target: 
                                        **_options(options))
     out = _table_spec(table, texts=("report",), frames=("separation",))
     out["markers"] = _str_array(table.attrs.get("markers", []))
+    activities = table.attrs["activities"]
+    out["activities"] = {"spec": frame_to_spec(activities), "n": len(activities),
+                         "cells": _str_array(activities.index)}
+    out["model"] = table.attrs["model"]
     return out

@@ -209,6 +209,9 @@ def test_search_ranks_jak_stat_first_for_interferon_beta(kang, tmp_path):
     assert by.loc["JAK-STAT", "rmmd"] < 0.7 * by.loc["(no edit)", "rmmd"]
     assert by.loc["JAK-STAT", "marker_recovered"] > 0.25 and by.loc["JAK-STAT", "marker_r"] > 0.7
     assert "Best edit" in table.attrs["report"] and (tmp_path / "search.png").stat().st_size > 5000
+    activities = table.attrs["activities"]
+    assert activities.shape == (cells.n_obs, 14) and activities.to_numpy().min() >= 0 and activities.to_numpy().max() <= 1
+    assert "progeny_JAK-STAT" in table.attrs["model"].concepts
 
 
 def test_search_input_errors(toy):

@@ -63,7 +63,7 @@
 #' if (sccbgm_available()) {
 #'   sce <- sccbgm_simulate(n_cells = 400, n_genes = 60, seed = 1)
 #'   res <- sccbgm_validate(sce, c("concept_0", "cell_type"), list(concept_0 = 1), "cell_type",
-#'                          groups = "0", epochs = 3, n_pcs = 10)
+#'                          groups = "celltype_0", epochs = 3, n_pcs = 10)
 #'   res[, c("group", "editor", "rmmd", "mean_dist")]
 #'   cat(attr(res, "verdict"), "\n")
 #' }
@@ -203,7 +203,10 @@ sccbgm_sweep <- function(object, model, concept, values, ..., group = NULL, cell
 #' @return A `data.frame`, best edit first: `pathway` (a pathway, a combination `"A + B"` or
 #'   `"(no edit)"`), `rank`, `rmmd`, `mmd`, `marker_recovered`, `marker_r`, `n_pathways`,
 #'   `values`. `attr(, "separation")`: every pathway's Cohen's d (target - source);
-#'   `attr(, "report")`: a short text; `attr(, "markers")`: the marker genes.
+#'   `attr(, "report")`: a short text; `attr(, "markers")`: the marker genes;
+#'   `attr(, "activities")`: the scaled pathway activities of every cell (cells x pathways,
+#'   columns `progeny_<pathway>` for PROGENy); `attr(, "model")`: the fitted `sccbgm_model`,
+#'   whose pathway concepts [sccbgm_sweep()] can sweep.
 #' @seealso [sccbgm_sweep()], [sccbgm_validate()]
 #' @export
 sccbgm_search_concepts <- function(object, source, target, ..., concepts = character(),
@@ -237,5 +240,7 @@ sccbgm_search_concepts <- function(object, source, target, ..., concepts = chara
   res <- .r(.py_call(.bridge()$search_concepts(spec, src, tgt, options = options)))
   out <- .tool_table(res)
   attr(out, "markers") <- .chr(res$markers)
+  attr(out, "activities") <- .frame_from_spec(res$activities$spec, .chr(res$activities$cells))
+  attr(out, "model") <- .new_model(res$model)
   out
 }

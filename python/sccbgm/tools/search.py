@@ -117,7 +117,9 @@ def search_concepts(
     ``marker_recovered``, ``marker_r`` (higher is better), ``n_pathways`` (edited together),
     ``values`` (the activities set, scaled to [0, 1]). ``attrs``: ``separation`` (every pathway's
     Cohen's d, target - source, and the source / target mean activity), ``markers``, ``report``
-    (a few sentences), ``model`` (the fitted model).
+    (a few sentences), ``model`` (the fitted model, with the pathway concepts named
+    ``progeny_<pathway>`` for PROGENy: ready for :func:`sccbgm.sweep`), ``activities`` (cells x
+    pathways, the scaled activities the model was fitted on).
     """
     import anndata as ad
 
@@ -236,6 +238,7 @@ def search_concepts(
         "markers": [str(work.var_names[j]) for j in markers],
         "report": "\n".join(report),
         "model": model,
+        "activities": work.obs[[columns[p] for p in columns]].copy(),
         "n_source": int(src.sum()),
         "n_target": int(tgt.sum()),
     })

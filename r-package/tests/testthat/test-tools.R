@@ -95,6 +95,12 @@ test_that("sccbgm_search_concepts ranks given activity columns", {
   expect_identical(sep$pathway[1], "act_up")
   expect_match(attr(res, "report"), "Best edit")
   expect_length(attr(res, "markers"), 50)
+  expect_identical(dim(attr(res, "activities")), c(ncol(sce), 2L))
+  expect_identical(rownames(attr(res, "activities")), colnames(sce))
+  expect_equal(attr(res, "activities")$act_up, sce$act_up, tolerance = 1e-6)
+  model <- attr(res, "model")
+  expect_s3_class(model, "sccbgm_model")
+  expect_setequal(model$concepts, c("flag", "act_up", "act_noise"))
   expect_true(file.size(png) > 1000)
   # logical masks select the same cells as the selectors
   again <- do.call(sccbgm_search_concepts, c(list(sce, sce$stim == "ctrl", sce$stim == "STIM",
