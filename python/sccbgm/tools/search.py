@@ -175,14 +175,19 @@ def search_concepts(
     target_value = dict(zip(separation["pathway"], separation["target_mean"], strict=True))
 
     say(progress, f"search: fitting scCBGM with concepts {concepts + [columns[p] for p in top]}")
-    model = sccbgm.fit(work, concepts + [columns[p] for p in top], seed=seed, preset=preset,
-                       input_kind="lognorm", progress=progress, **fit_options)
+    # the model sees the user's own matrix (counts or log-normalised), so that it edits the same
+    # kind of data later (e.g. in sccbgm.sweep); its log-normalisation is the one of ``x``
+    from sccbgm.data import get_matrix
+
+    fit_data = ad.AnnData(X=get_matrix(adata, layer), obs=work.obs.copy(), var=work.var.copy())
+    model = sccbgm.fit(fit_data, concepts + [columns[p] for p in top], seed=seed, preset=preset,
+                       progress=progress, **fit_options)
     edits: list[tuple[str, ...]] = [(p,) for p in top]
     head = top[: min(n_combine, len(top))]
     for k in range(2, len(head) + 1):
         edits += list(itertools.combinations(head, k))
 
-    cells = work[src].copy()
+    cells = fit_data[src].copy()
     x_src, x_tgt = x[src], x[tgt]
     delta_real = x_tgt.mean(0) - x_src.mean(0)
     markers = np.argsort(-np.abs(delta_real), kind="stable")[: min(n_markers, x.shape[1])]
