@@ -232,18 +232,26 @@ def test_cli_tools_errors_exit_2_with_one_line(toy, tmp_path, capsys):
     small = toy[:300].copy()
     del small.uns["stim_effect"]
     small.write_h5ad(data)
+    out = str(tmp_path / "out")
     cases = [
-        ["validate", str(data), "--concepts", "stim", "--edit", "{bad", "--group", "cell_type", "--out", str(tmp_path)],
-        ["validate", str(tmp_path / "none.h5ad"), "--concepts", "stim", "--edit", '{"stim": 1}', "--group", "cell_type",
-         "--out", str(tmp_path)],
-        ["sweep", str(data), "--model", str(tmp_path / "none.sccbgm"), "--concept", "stim", "--values", "0", "1",
-         "--out", str(tmp_path)],
-        ["search", str(data), "--source", '{"stim": 0}', "--target", '{"stim": 0}', "--out", str(tmp_path)],
+        (["validate", str(data), "--concepts", "stim", "--edit", "{bad", "--group", "cell_type", "--out", out],
+         "--edit is not valid JSON"),
+        (["validate", str(tmp_path / "none.h5ad"), "--concepts", "stim", "--edit", '{"stim": 1}', "--group",
+          "cell_type", "--out", out], "does not exist"),
+        (["validate", str(data), "--concepts", "stim", "--edit", '{"stim": 1}', "--group", "cell_type", "--out",
+          str(tmp_path)], "not empty"),
+        (["validate", str(data), "--concepts", "cell_type", "--edit", '{"stim": 1}', "--group", "cell_type",
+          "--out", out], "must be among the concepts"),
+        (["sweep", str(data), "--model", str(tmp_path / "none.sccbgm"), "--concept", "stim", "--values", "0", "1",
+          "--out", out], "model file"),
+        (["search", str(data), "--source", '{"stim": 0}', "--target", '{"stim": 0}', "--out", out],
+         "both `source` and `target`"),
     ]
-    for argv in cases:
+    for argv, message in cases:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("sccbgm: error:") and "\n" not in err and "Traceback" not in err
+        assert message in err
 
 
 def test_cli_validate_and_sweep_write_tables(toy, toy_model, tmp_path, capsys):
