@@ -277,8 +277,10 @@ def _run_tool(args: Any) -> None:
                                        layer=args.layer, seed=args.seed, plot=out / "search.png", **fit)
         table.to_csv(out / "search.csv", index=False)
         table.attrs["separation"].to_csv(out / "separation.csv", index=False)
+        sccbgm.save(table.attrs["model"], out / "model.sccbgm")
         print(table.attrs["report"])
-        print(f"wrote {out / 'search.csv'}, {out / 'separation.csv'} and {out / 'search.png'}")
+        print(f"wrote {out / 'search.csv'}, {out / 'separation.csv'}, {out / 'search.png'} and "
+              f"{out / 'model.sccbgm'} (its pathway concepts can be swept with `sccbgm sweep`)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -281,3 +281,35 @@ def test_cli_validate_and_sweep_write_tables(toy, toy_model, tmp_path, capsys):
     effect = pd.Series(toy.uns["stim_effect"], index=toy.var_names)
     strong = effect.abs() > 0.8
     assert (np.sign(stim1[strong]) == np.sign(effect[strong])).mean() > 0.9
+
+
+def test_cli_search_with_given_weights_writes_table_and_a_sweepable_model(toy, tmp_path, capsys):
+    """`sccbgm search` on the toy data with a weights CSV of two pathways: "stimmed" (the genes the
+    toy's stim moves, weighted by the true effect) and "random" (unrelated genes)."""
+    import pandas as pd
+
+    from sccbgm.cli import main
+
+    data = tmp_path / "cells.h5ad"
+    small = toy.copy()
+    effect = small.uns.pop("stim_effect")
+    small.write_h5ad(data)
+    moved = np.flatnonzero(effect != 0)
+    still = np.flatnonzero(effect == 0)[:20]
+    weights = pd.DataFrame({
+        "source": ["stimmed"] * len(moved) + ["random"] * len(still),
+        "target": [toy.var_names[j] for j in moved] + [toy.var_names[j] for j in still],
+        "weight": np.r_[effect[moved], np.random.default_rng(0).normal(size=len(still))],
+    })
+    weights.to_csv(tmp_path / "w.csv", index=False)
+    out = tmp_path / "search"
+    assert main(["search", str(data), "--source", '{"stim": 0}', "--target", '{"stim": 1}', "--concepts", "cell_type",
+                 "--weights", str(tmp_path / "w.csv"), "--n-pathways", "2", "--epochs", "5", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "search.csv")
+    assert table.columns[0] == "pathway" and table["pathway"].iloc[0].startswith("stimmed")
+    assert pd.read_csv(out / "separation.csv")["pathway"].iloc[0] == "stimmed"
+    assert "Best edit" in capsys.readouterr().out
+    model = sccbgm.load(out / "model.sccbgm")
+    assert "progeny_stimmed" in model.concepts
+    assert main(["sweep", str(data), "--model", str(out / "model.sccbgm"), "--concept", "progeny_stimmed",
+                 "--values", "0", "1", "--out", str(tmp_path / "sweep")]) == 0
