@@ -4,7 +4,7 @@ A module is an ``nn.Module`` whose ``forward(batch)`` returns a dict of named lo
 weighted total under ``"loss"``. The loop is deliberately plain (Adam + exponential decay per
 epoch, as in paper D.4): the module can be wrapped in ``torch.nn.parallel.DistributedDataParallel``
 unchanged, since gradients flow through ``forward``. Its overhead against a bare loop is measured
-by ``python -m sccbgm.bench overhead`` (see README).
+by ``python -m sccbgm.bench overhead`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
