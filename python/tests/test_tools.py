@@ -313,3 +313,16 @@ def test_cli_search_with_given_weights_writes_table_and_a_sweepable_model(toy, t
     assert "progeny_stimmed" in model.concepts
     assert main(["sweep", str(data), "--model", str(out / "model.sccbgm"), "--concept", "progeny_stimmed",
                  "--values", "0", "1", "--out", str(tmp_path / "sweep")]) == 0
+
+
+def test_sweep_carries_a_real_ensembles_uncertainty(toy):
+    """With an ensemble (fit n_members=2), sd is the group mean of the edit's layers["edit_sd"]."""
+    model = sccbgm.fit(toy[:600].copy(), ["stim", "cell_type"], seed=0, epochs=3, n_members=2, progress=False)
+    cells = toy[600:700].copy()
+    genes = ["gene3", "gene7"]
+    table = sccbgm.sweep(model, cells, "stim", [0, 1], genes=genes)
+    assert table.attrs["uncertainty"] and (table["sd"] > 0).all()
+    edited = sccbgm.edit(model, cells, set={"stim": 1})
+    cols = [list(model.genes).index(g) for g in genes]
+    expected = np.asarray(edited.layers["edit_sd"], dtype=np.float64)[:, cols].mean(0)
+    np.testing.assert_allclose(table.loc[table["value"] == 1, "sd"].to_numpy(), expected, rtol=1e-5)
