@@ -21,7 +21,7 @@ MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 _MODULE_OPTIONS = {
     "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
     "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
-    "concept_embedding_dim",
+    "concept_embedding_dim", "reconstruction",
 }
 _CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
@@ -106,7 +106,8 @@ def fit(
         orthogonality loss is active), ``kl_weight`` beta, and the ablation switches ``skip``
         (decoder skip connections), ``orthogonality`` ("cross_cov" | "cosine" | "none"),
         ``variational`` (False: the autoencoder ablation), ``bottleneck`` ("cbm" | "cem"),
-        ``concept_embedding_dim`` (CEM width m)); the CVAE takes ``hidden_dim``, ``n_layers``,
+        ``concept_embedding_dim`` (CEM width m), ``reconstruction`` ("mean" over input features or
+        "sum")); the CVAE takes ``hidden_dim``, ``n_layers``,
         ``latent_dim``, ``dropout``, ``kl_weight``, ``skip`` and ``variational``. Training
         options (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
         ``grad_clip``). Flow models add ``flow_hidden_dim``, ``flow_n_layers``,
@@ -280,6 +281,7 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    count_edit: str | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -314,6 +316,13 @@ def edit(
         Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
     n_steps
         Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
+    count_edit
+        Models fitted on raw counts: ``"sample"`` applies the model's predicted rate ratio to
+        each cell's own counts through a Poisson likelihood (thinning where the rate falls,
+        added Poisson counts where it rises, so zeros and detection rates change) and
+        re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
+        sample. None (default): the additive edit of log expression chosen by ``residual``.
+        Details: :mod:`sccbgm.editing`.
 
     Returns
     -------
@@ -333,7 +342,8 @@ def edit(
     _check_adata(adata)
     with torch_threads(None):
         return edit_cells(
-            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps
+            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
+            count_edit=count_edit,
         )
 
 
