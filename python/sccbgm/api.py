@@ -266,8 +266,25 @@ def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, p
         return {"x": torch.from_numpy(data.inputs(rows)).to(dev), "concepts": concepts_t[rows], "mask": mask_t[rows]}
 
     history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM")
+    _set_unknown_shift(vae, data, concepts_t, mask_t, dev)
     return Model(name=record["model"], spec=spec, transform=transform, parts={"vae": vae}, options=record,
                  history={"vae": history})
+
+
+def _set_unknown_shift(vae: Any, data: Any, values: Any, mask: Any, dev: Any) -> None:
+    """Store B_u, the linear leakage of the concepts into u on the training cells (see
+    :func:`sccbgm.modules.sccbgm.estimate_unknown_shift`), for ``edit(..., shift_unknown=True)``."""
+    import torch
+
+    from sccbgm.modules.sccbgm import estimate_unknown_shift
+
+    vae.eval()
+    us = []
+    with torch.no_grad():
+        for s in range(0, data.n_cells, 4096):
+            rows = np.arange(s, min(s + 4096, data.n_cells))
+            us.append(vae.abduct(torch.from_numpy(data.inputs(rows)).to(dev))["unknown"])
+        vae.unknown_shift.copy_(estimate_unknown_shift(torch.cat(us), values, mask).to(dev))
 
 
 def edit(
@@ -282,6 +299,7 @@ def edit(
     seed: int | None = None,
     n_steps: int | None = None,
     count_edit: str | None = None,
+    shift_unknown: bool = False,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -323,6 +341,10 @@ def edit(
         re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
         sample. None (default): the additive edit of log expression chosen by ``residual``.
         Details: :mod:`sccbgm.editing`.
+    shift_unknown
+        Concept-bottleneck models: also move the unknown factors u by as much as they varied with
+        the edited concepts on the training cells (a linear correction of concept leakage into
+        u, stored at fit time). False: u is kept as abducted (the paper).
 
     Returns
     -------
@@ -343,7 +365,7 @@ def edit(
     with torch_threads(None):
         return edit_cells(
             model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
-            count_edit=count_edit,
+            count_edit=count_edit, shift_unknown=shift_unknown,
         )
 
 

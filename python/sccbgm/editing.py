@@ -27,6 +27,10 @@ likelihood, so zeros and detection rates change as in real cells:
 
 then x' is library-size normalised (its own total, to ``target_sum``) and log1p-transformed.
 
+``shift_unknown=True`` (concept-bottleneck models) corrects for the leakage of concepts into u:
+the abducted u is moved by (c' - c_hat) B_u before decoding, with B_u the least-squares change of
+u per unit of each concept over the training cells (stored at fit time); u stays >= 0.
+
 The default is residual-preserving because it is more accurate cell by cell on the simulator's
 true counterfactuals and no worse on real held-out populations (README, "Which edit is default").
 """
@@ -189,6 +193,7 @@ def edit_cells(
     seed: int | None = None,
     n_steps: int | None = None,
     count_edit: str | None = None,
+    shift_unknown: bool = False,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
@@ -208,7 +213,7 @@ def edit_cells(
         )
     # with count_edit="sample", ``seed`` seeds the count sampling (and a flow's decode noise)
     flow_seed = seed if count_edit != "sample" or mode == "decode" else None
-    predict = Counterfactual(model, mode=mode, seed=flow_seed, n_steps=n_steps)
+    predict = Counterfactual(model, mode=mode, seed=flow_seed, n_steps=n_steps, shift_unknown=shift_unknown)
     residual = model.default_residual if residual is None else bool(residual)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
@@ -271,6 +276,7 @@ def edit_cells(
         "set": {k: _jsonable(v) for k, v in set_.items()},
         "residual": residual,
         "count_edit": count_edit,
+        "shift_unknown": bool(shift_unknown),
         "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
         "target_sum": tr.target_sum,
         **predict.metadata(),

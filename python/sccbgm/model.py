@@ -155,6 +155,8 @@ class Model:
             module_cls, config_cls = registry[desc["class"]]
             module = module_cls(config_cls(**desc["config"]))
             state = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
+            if hasattr(module, "unknown_shift") and "unknown_shift" not in state:
+                state["unknown_shift"] = module.unknown_shift  # files written before the leak correction
             module.load_state_dict(state)
             parts[part] = module.to(device).eval()
         arrays = {k: tensors[k].numpy() for k in ("transform.mean", "transform.components")}

@@ -80,6 +80,8 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "decoder output": ({}, {"residual": False}),
     "count sample": ({}, {"count_edit": "sample"}),
     "count mean": ({}, {"count_edit": "mean"}),
+    "shift u": ({}, {"shift_unknown": True}),
+    "shift u, count sample": ({}, {"shift_unknown": True, "count_edit": "sample"}),
     "recon sum": ({"reconstruction": "sum"}, {}),
     "recon sum, count sample": ({"reconstruction": "sum"}, {"count_edit": "sample"}),
     "recon sum, paper weights": (

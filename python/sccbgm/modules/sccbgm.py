@@ -163,6 +163,20 @@ class SkipDecoder(nn.Module):
         return self.final(self.out_norm(h))
 
 
+def estimate_unknown_shift(u: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leakage of the concepts into u: B_u (K, d_u) of the least-squares fit u ~ 1 + c over
+    cells, from u (N, d_u) and labels ``values``/``mask`` (N, K) (missing labels imputed with the
+    observed mean, so they carry no signal). Minimum-norm solution, so one-hot blocks (collinear
+    with the intercept) get identified differences."""
+    v = values.double()
+    m = mask.bool()
+    col_mean = torch.where(m.any(0), (v * m).sum(0) / m.sum(0).clamp(min=1), torch.zeros_like(v[0]))
+    v = torch.where(m, v, col_mean)
+    v = v - v.mean(0)
+    uc = u.double() - u.double().mean(0)
+    return torch.linalg.lstsq(v, uc, driver="gelsd").solution.float()
+
+
 class ConceptBottleneckVAE(nn.Module):
     """scCBGM module: ``forward(batch)`` returns the loss terms (training); :meth:`abduct` and
     :meth:`decode` implement editing."""
@@ -174,6 +188,9 @@ class ConceptBottleneckVAE(nn.Module):
         if len(cfg.is_binary) != cfg.n_concepts:
             raise ValueError("is_binary must have one entry per concept")
         self.register_buffer("is_binary", torch.tensor(cfg.is_binary, dtype=torch.bool))
+        # B_u (K, d_u): least-squares change of u per unit of each concept over the training cells
+        # (set after training by :func:`estimate_unknown_shift`; 0 = no leakage of c into u)
+        self.register_buffer("unknown_shift", torch.zeros(cfg.n_concepts, cfg.unknown_dim))
         self.encoder = ResidualMLP(cfg.in_dim, cfg.hidden_dim, cfg.n_layers, cfg.dropout)
         self.mu_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
         self.logvar_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim) if cfg.variational else None
