@@ -298,8 +298,8 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
-    count_edit: str | None = None,
-    shift_unknown: bool = False,
+    count_edit: str | None = "auto",
+    shift_unknown: bool | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -339,12 +339,14 @@ def edit(
         each cell's own counts through a Poisson likelihood (thinning where the rate falls,
         added Poisson counts where it rises, so zeros and detection rates change) and
         re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
-        sample. None (default): the additive edit of log expression chosen by ``residual``.
-        Details: :mod:`sccbgm.editing`.
+        sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
+        (default): ``"mean"`` for a model fitted on counts with the residual output, else None.
+        Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
     shift_unknown
         Concept-bottleneck models: also move the unknown factors u by as much as they varied with
         the edited concepts on the training cells (a linear correction of concept leakage into
-        u, stored at fit time). False: u is kept as abducted (the paper).
+        u, stored at fit time). False: u is kept as abducted (the paper). None (default): True
+        (chosen on held-out cells, docs/validation.md).
 
     Returns
     -------

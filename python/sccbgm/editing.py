@@ -52,7 +52,9 @@ RATE_EPS = 0.1
 COUNT_THETA = 1.0
 """theta of the Gamma prior of a cell's rate in the count-space edit (1: the cell's own count and
 the model's mean weigh equally when mu = 1)."""
-COUNT_EDITS = (None, "sample", "mean")
+DEFAULT_SHIFT_UNKNOWN = True
+"""Default of ``shift_unknown`` (chosen on the choose half of ``sccbgm bench validate``)."""
+COUNT_EDITS = ("auto", None, "sample", "mean")
 
 
 def count_space_edit(
@@ -192,8 +194,8 @@ def edit_cells(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
-    count_edit: str | None = None,
-    shift_unknown: bool = False,
+    count_edit: str | None = "auto",
+    shift_unknown: bool | None = None,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
@@ -206,6 +208,12 @@ def edit_cells(
 
     if count_edit not in COUNT_EDITS:
         raise SCCBGMError(f"count_edit must be one of {list(COUNT_EDITS)}, not {count_edit!r}.")
+    residual = model.default_residual if residual is None else bool(residual)
+    if count_edit == "auto":
+        count_edit = "mean" if residual and model.transform.input_kind == "counts" else None
+    if shift_unknown is None:  # the default was measured for the decoder edit, not for flows
+        shift_unknown = DEFAULT_SHIFT_UNKNOWN and "flow" not in model.parts
+    shift_unknown = bool(shift_unknown)
     if count_edit is not None and model.transform.input_kind != "counts":
         raise SCCBGMError(
             "count_edit needs a model fitted on raw counts (input_kind='counts'); this model was "
@@ -214,7 +222,6 @@ def edit_cells(
     # with count_edit="sample", ``seed`` seeds the count sampling (and a flow's decode noise)
     flow_seed = seed if count_edit != "sample" or mode == "decode" else None
     predict = Counterfactual(model, mode=mode, seed=flow_seed, n_steps=n_steps, shift_unknown=shift_unknown)
-    residual = model.default_residual if residual is None else bool(residual)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer)

@@ -6,7 +6,7 @@ Tasks
   The type's stimulated cells are held out; the model is fitted on all other cells (raw counts,
   concepts ``condition`` + ``cell_type``); the type's control cells are edited to
   ``condition=stim`` and compared with the held-out stimulated cells.
-* **Simulator** (:func:`sccbgm.simulate`, 3,000 cells x 500 genes per seed), two variants: the
+* **Simulator** (:func:`sccbgm.simulate`, 2,000 cells x 500 genes per seed), two variants: the
   paper's additive concept effects (``synthetic1``) and cell-type-specific concept effects
   (``interaction``, ``concept_cell_type_sd=0.08``). One C.6 task per seed: the eligible
   (cell type, concept) pair with the largest true effect; cells are compared with their exact
@@ -75,9 +75,13 @@ SHIFT_WITHIN = "mean shift (within type)"
 FLOORS = (NO_EDIT, SHIFT_OTHER, SHIFT_OTHER_CLIP, SHIFT_WITHIN)
 
 # name -> (sccbgm.fit options, sccbgm.edit options); fits with equal options are shared.
+ADDITIVE = {"count_edit": None, "shift_unknown": False}
 CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}),
-    "decoder output": ({}, {"residual": False}),
+    "additive (paper abduction)": ({}, ADDITIVE),
+    "decoder output": ({}, {**ADDITIVE, "residual": False}),
+    "additive, shift u": ({}, {"count_edit": None, "shift_unknown": True}),
+    "count mean, no shift u": ({}, {"count_edit": "mean", "shift_unknown": False}),
     "count sample": ({}, {"count_edit": "sample"}),
     "count mean": ({}, {"count_edit": "mean"}),
     "shift u": ({}, {"shift_unknown": True}),
@@ -90,10 +94,14 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FM on PCs (edit), count sample": ({"model": "sccbgm-fm"}, {"mode": "edit", "count_edit": "sample"}),
     "FM on genes (edit)": ({"model": "sccbgm-fm", "representation": "genes"}, {"mode": "edit"}),
 }
-DEFAULT_CANDIDATES = ("default", "count sample", "count mean", "recon sum", "FM on PCs (edit)")
+ENSEMBLE = "default, ensemble of the half's seeds"
+"""The default edit averaged over the models of the half's seeds (one per task and half): the
+members' log rate ratios are averaged, then applied in count space as a single model's are."""
+DEFAULT_CANDIDATES = ("default", "additive (paper abduction)", "decoder output", "additive, shift u",
+                      "count mean, no shift u", "count sample")
 
 SCALES = {
-    "full": {"n_genes": 2000, "sim_cells": 3000, "sim_genes": 500, "fit": {}},
+    "full": {"n_genes": 2000, "sim_cells": 2000, "sim_genes": 500, "fit": {}},
     "quick": {"n_genes": 200, "sim_cells": 600, "sim_genes": 100,
               "fit": {"epochs": 3, "flow_epochs": 3, "hidden_dim": 32, "latent_dim": 8, "unknown_dim": 8,
                       "flow_hidden_dim": 32}},
@@ -146,8 +154,8 @@ def leakage_accuracy(u: np.ndarray, labels: np.ndarray, seed: int) -> float:
     """5-fold balanced accuracy of a logistic regression predicting ``labels`` from u."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
-    from sklearn.preprocessing import StandardScaler
     from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(labels)) < 2 or np.bincount(pd.factorize(labels)[0]).min() < 5:
         return float("nan")
@@ -294,9 +302,54 @@ def _prepare_pkg_space(task: Task, seed: int) -> None:
     task._pkg_refs = {g: tp[labels == g] for g in np.unique(labels) if (labels == g).sum() >= 2}  # type: ignore[attr-defined]
 
 
+# ----------------------------------------------------------------------------- ensemble
+def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -> np.ndarray:
+    """The default edit of an ensemble, log-normalised at 1e4 (n, G): each member's predicted
+    log rate ratio (decoder edit with the u shift) is averaged, and the mean ratio is applied in
+    count space (:func:`sccbgm.editing.count_space_edit`, expectation) around member 0's factual
+    mean."""
+    from sccbgm.editing import RATE_EPS, count_space_edit
+    from sccbgm.flows import Counterfactual
+
+    counts = _dense(source.X)
+    log_ratios, first = [], None
+    for m in models:
+        tr, spec = m.transform, m.spec
+        target, assigned = spec.target_values(dict(set_), source.n_obs)
+        observed, omask = spec.encode(source.obs, require=False)
+        pred = Counterfactual(m, shift_unknown=True)(tr.features(tr.lognorm(counts)), observed, omask, target,
+                                                     assigned, True)
+        fact, edit = tr.to_genes(pred.factual), tr.to_genes(pred.edited)
+        mu_f, mu_e = np.expm1(np.clip(fact, 0, None)), np.expm1(np.clip(edit, 0, None))
+        log_ratios.append(np.log((mu_e + RATE_EPS) / (mu_f + RATE_EPS)))
+        if first is None:
+            first = (fact, mu_f, tr.target_sum)
+    assert first is not None
+    fact, mu_f, ts = first
+    edited = np.log1p(np.exp(np.mean(log_ratios, axis=0)) * (mu_f + RATE_EPS) - RATE_EPS)
+    return rescale(count_space_edit(counts, fact, edited, ts, None, expectation=True), ts)
+
+
+SIM_ENSEMBLE_OFFSET = 100
+"""Simulator ensembles: members fitted with seeds s and s + 100 on the seed-s data set."""
+
+
+def _ensemble_row(task: Task, models: Sequence[Any], seed: int) -> dict[str, Any]:
+    _prepare_pkg_space(task, seed)
+    pred = ensemble_edit(models, task.source, task.set)
+    return {"editor": ENSEMBLE, "kind": "candidate", "dataset": task.dataset, "task": task.name, "seed": seed,
+            "n_members": len(models), **score(task, pred, seed)}
+
+
 # ----------------------------------------------------------------------------- runner
 def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mapping[str, Any],
-             log: Callable[[str], None], predictions: dict[str, np.ndarray] | None = None) -> list[dict[str, Any]]:
+             log: Callable[[str], None], predictions: dict[str, np.ndarray] | None = None,
+             models_dir: Path | None = None, keep: dict[Any, Any] | None = None) -> list[dict[str, Any]]:
+    """Score the floors and ``candidates`` on one task at one seed. With ``models_dir``, fitted
+    models are saved there and a model already saved for the same task, seed and options is
+    loaded instead of refitted (its recorded fit time is reused)."""
+    import hashlib
+
     import sccbgm
 
     _prepare_pkg_space(task, seed)
@@ -310,6 +363,14 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
         if fit_opts.get("model", "sccbgm") == "sccbgm":
             fit_opts = {k: v for k, v in fit_opts.items() if not k.startswith("flow_")}
         key = json.dumps(fit_opts, sort_keys=True)
+        path = None
+        if models_dir is not None:
+            digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+            safe = task.name.replace("/", "_").replace(":", "_").replace("+", "p")
+            path = models_dir / f"{task.dataset}_{safe}_s{seed}_{digest}.sccbgm"
+            if key not in fits and path.is_file():
+                model = sccbgm.load(path)
+                fits[key] = (model, float(model.options.get("fit_seconds", float("nan"))))
         if key not in fits:
             t0 = time.perf_counter()
             base_opts = {k: v for k, v in fit_opts.items() if k not in ("model",) and not k.startswith("flow_")}
@@ -321,7 +382,12 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
             model = sccbgm.fit(task.train, task.concepts, seed=seed, progress=False, **kwargs)
             fits[key] = (model, time.perf_counter() - t0)
             log(f"    fitted {cand!r} in {fits[key][1]:.1f} s")
+            if path is not None:
+                model.options["fit_seconds"] = fits[key][1]
+                sccbgm.save(model, path)
         model, fit_s = fits[key]
+        if keep is not None and cand == "default":
+            keep[(task.dataset, task.name, seed)] = model
         t0 = time.perf_counter()
         ed_opts = dict(edit_opts)
         if ed_opts.get("count_edit") == "sample":
@@ -346,7 +412,7 @@ def run_validate(
     out: str | Path, *, halves: Sequence[str] = ("choose", "confirm"), candidates: Sequence[str] = DEFAULT_CANDIDATES,
     scale: str = "full", kang: str | Path | None = None, types: Sequence[str] | None = None,
     datasets: Sequence[str] = ("kang", "sim-additive", "sim-interaction"), save_predictions: bool = False,
-    log: Callable[[str], None] = print,
+    seeds: Sequence[int] | None = None, models_dir: str | Path | None = None, log: Callable[[str], None] = print,
 ) -> Path:
     """Run the protocol; writes ``results.csv`` and ``report.md`` to ``out``; returns the report."""
     bad = [c for c in candidates if c not in CANDIDATES]
@@ -358,8 +424,14 @@ def run_validate(
     cfg = SCALES[scale]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    mdir = None
+    if models_dir is not None:
+        mdir = Path(models_dir)
+        mdir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     preds: dict[str, np.ndarray] | None = {} if save_predictions else None
+    keep: dict[Any, Any] = {}
+    ensemble = "default" in candidates
     kang_tasks_: list[Task] = []
     if "kang" in datasets:
         if kang is None:
@@ -368,16 +440,28 @@ def run_validate(
         kang_tasks_ = kang_tasks(adata, types or KANG_TYPES)
     csv = out / "results.csv"
     for half in halves:
-        for seed in HALVES[half]["kang"]:
+        half_seeds = [s for s in HALVES[half]["kang"] if seeds is None or s in seeds]
+        for seed in half_seeds:
             for task in kang_tasks_:
                 log(f"[{half}] kang {task.name} seed {seed}")
-                rows += [dict(r, half=half) for r in run_task(task, seed, candidates, cfg["fit"], log, preds)]
+                rows += [dict(r, half=half) for r in run_task(task, seed, candidates, cfg["fit"], log, preds, mdir,
+                                                              keep)]
                 pd.DataFrame(rows).to_csv(csv, index=False)
+        if ensemble and len(half_seeds) > 1:
+            for task in kang_tasks_:
+                members = [keep[("kang", task.name, s)] for s in half_seeds]
+                rows.append(dict(_ensemble_row(task, members, half_seeds[0]), half=half))
         for variant in (d for d in datasets if d in SIM_VARIANTS):
-            for seed in HALVES[half]["sim"]:
+            for seed in (s for s in HALVES[half]["sim"] if seeds is None or s in seeds):
                 task = sim_task(variant, seed, cfg["sim_cells"], cfg["sim_genes"])
                 log(f"[{half}] {variant} {task.name} seed {seed}")
-                rows += [dict(r, half=half) for r in run_task(task, seed, candidates, cfg["fit"], log, preds)]
+                rows += [dict(r, half=half) for r in run_task(task, seed, candidates, cfg["fit"], log, preds, mdir,
+                                                              keep)]
+                if ensemble:
+                    second = run_task(task, seed + SIM_ENSEMBLE_OFFSET, ["default"], cfg["fit"], log, None, mdir, keep)
+                    del second
+                    members = [keep[(variant, task.name, s)] for s in (seed, seed + SIM_ENSEMBLE_OFFSET)]
+                    rows.append(dict(_ensemble_row(task, members, seed), half=half))
                 pd.DataFrame(rows).to_csv(csv, index=False)
     table = pd.DataFrame(rows)
     table.to_csv(csv, index=False)
@@ -441,9 +525,22 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--datasets", nargs="+", default=["kang", *SIM_VARIANTS], choices=["kang", *SIM_VARIANTS])
     p.add_argument("--types", nargs="+", choices=list(KANG_TYPES))
     p.add_argument("--save-predictions", action="store_true")
+    p.add_argument("--seeds", type=int, nargs="+", help="only these seeds of the chosen halves")
+    p.add_argument("--models-dir", help="save fitted models here and reuse those already there")
+    p.add_argument("--from-csv", nargs="+", metavar="CSV",
+                   help="no fitting: merge these results.csv files (e.g. of runs of each half) into --out/report.md")
     p.add_argument("--out", default="out/bench/validate")
 
 
 def main_validate(args: argparse.Namespace) -> None:
+    if args.from_csv:
+        table = pd.concat([pd.read_csv(f) for f in args.from_csv], ignore_index=True)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "results.csv", index=False)
+        (out / "report.md").write_text(render_report(table))
+        print(f"wrote {out / 'report.md'}")
+        return
     run_validate(args.out, halves=args.halves, candidates=args.candidates, scale=args.scale, kang=args.kang,
-                 types=args.types, datasets=args.datasets, save_predictions=args.save_predictions)
+                 types=args.types, datasets=args.datasets, save_predictions=args.save_predictions,
+                 seeds=args.seeds, models_dir=args.models_dir)
