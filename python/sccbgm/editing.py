@@ -31,8 +31,13 @@ then x' is library-size normalised (its own total, to ``target_sum``) and log1p-
 the abducted u is moved by (c' - c_hat) B_u before decoding, with B_u the least-squares change of
 u per unit of each concept over the training cells (stored at fit time); u stays >= 0.
 
-The default is residual-preserving because it is more accurate cell by cell on the simulator's
-true counterfactuals and no worse on real held-out populations (README, "Which edit is default").
+Defaults (``count_edit="auto"``, ``shift_unknown=None``): a model fitted on raw counts edits in
+count space (expectation) with the u shift; a model fitted on log-normalised values edits
+additively, residual-preserving; flows keep u as abducted. Chosen on the choose half of
+``sccbgm bench validate`` and confirmed on the other half (docs/validation.md): on the Kang
+leave-one-type-out tasks the additive edit was worse than no edit on 4 of 7 types in the issue's
+z-scored space, the count-space edit beat no edit on all 7; the residual output is kept over the
+decoder output, which is 20-70 times worse cell by cell on the simulator.
 """
 
 from __future__ import annotations
