@@ -340,7 +340,8 @@ def edit(
         added Poisson counts where it rises, so zeros and detection rates change) and
         re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
         sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
-        (default): ``"mean"`` for a model fitted on counts with the residual output, else None.
+        (default): ``"mean"`` for a scCBGM (``model="sccbgm"``) fitted on counts with the
+        residual output, else None.
         Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
     shift_unknown
         Concept-bottleneck models: also move the unknown factors u by as much as they varied with

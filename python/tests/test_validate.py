@@ -122,10 +122,14 @@ def test_bench_validate_quick(tmp_path):
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "results.csv")
     sims = table[table.dataset.str.startswith("sim")]
-    assert set(sims.editor) == {*V.FLOORS, "default", "count sample"}
+    assert set(sims.editor) == {*V.FLOORS, "default", "count sample", V.ENSEMBLE}
+    assert (sims.loc[sims.editor == V.ENSEMBLE, "n_members"] == 2).all()
     assert sims["cell_mse"].notna().all()
-    # no edit is 1 in its own ratio by construction; the floors see the truth-free data only
-    assert np.allclose(table.loc[table.editor == V.NO_EDIT, "rmmd_z"], 1.0)
-    assert table.loc[table.kind == "candidate", "leak_acc"].between(0, 1).all()
+    # no edit is 1 in its own ratio by construction (NaN where the unbiased MMD of the unedited
+    # cells is <= 0, possible on tiny data)
+    ratio = table.loc[table.editor == V.NO_EDIT, "rmmd_z"]
+    assert (np.isclose(ratio, 1.0) | ratio.isna()).all() and np.isclose(ratio, 1.0).any()
+    single = table[(table.kind == "candidate") & (table.editor != V.ENSEMBLE)]
+    assert single["leak_acc"].between(0, 1).all()
     text = (tmp_path / "report.md").read_text()
     assert "## half: choose" in text and "beats within-type shift" in text
