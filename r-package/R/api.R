@@ -70,7 +70,9 @@ print.sccbgm_model <- function(x, ...) {
 #'
 #' Fits an scCBGM on the cells of a Seurat or SingleCellExperiment object. The concepts are
 #' cell metadata columns: a factor or character column gives one binary concept per category,
-#' a logical or 0/1 column one binary concept, any other numeric column one continuous concept;
+#' a logical or 0/1 column one binary concept, an integer column with at most 20 distinct values
+#' (cluster ids) one concept per value (with a warning), any other numeric column one continuous
+#' concept;
 #' `NA` marks a missing label (the cell still trains the rest of the model).
 #'
 #' The expression matrix (`layer`) holds raw counts (non-negative integers: library-size
