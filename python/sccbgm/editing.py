@@ -329,7 +329,7 @@ def edit_cells(
         "concept_names": model.concept_names,
         "set": {k: _jsonable(v) for k, v in set_.items()},
         "residual": residual,
-        "count_edit": count_edit,
+        "count_edit": count_edit or "none",
         "shift_unknown": bool(shift_unknown),
         "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
         "target_sum": tr.target_sum,
