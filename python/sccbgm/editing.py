@@ -62,6 +62,7 @@ from sccbgm.data import (
 )
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
+from sccbgm.uncertainty import LAYERS, edit_metadata, interval_half_width
 
 RATE_EPS = 0.1
 """eps of the count-space rate ratio, in normalised counts (0.1 of a count at ``target_sum``)."""
@@ -71,6 +72,14 @@ the model's mean weigh equally when mu = 1)."""
 DEFAULT_SHIFT_UNKNOWN = True
 """Default of ``shift_unknown`` (chosen on the choose half of ``sccbgm bench validate``)."""
 COUNT_EDITS = ("auto", None, "sample", "mean")
+
+
+def rate_log_ratio(factual: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """log r, the model's predicted log rate ratio per cell and gene, from its factual / edited
+    log-normalised means (n, G)."""
+    mu_f = np.expm1(np.clip(factual, 0.0, None))
+    mu_e = np.expm1(np.clip(edited, 0.0, None))
+    return np.log((mu_e + RATE_EPS) / (mu_f + RATE_EPS))
 
 
 def count_space_edit(
@@ -210,12 +219,19 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer)
     tr = model.transform
-    parts: dict[str, list[np.ndarray]] = {"concepts": [], "unknown": [], "latent": []}
+    parts: dict[str, list[np.ndarray]] = {"concepts": [], "concepts_sd": [], "unknown": [], "latent": []}
+    members = [model.member(m) for m in range(model.n_members)]
     for _, block in tr.iter_chunks(sub, np.arange(sub.shape[0])):
-        out = _abduct(model, tr.features(block))
-        for k in parts:
-            parts[k].append(out[k])
-    res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+        feats = tr.features(block)
+        outs = [_abduct(member, feats) for member in members]
+        chats = np.stack([o["concepts"] for o in outs])
+        parts["concepts"].append(chats.mean(axis=0))
+        if len(members) > 1:
+            parts["concepts_sd"].append(chats.std(axis=0, ddof=1))
+        # member 1's u and z: the members' latent spaces are not aligned, so no average of them
+        parts["unknown"].append(outs[0]["unknown"])
+        parts["latent"].append(outs[0]["latent"])
+    res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items() if v}
     enc = ad.AnnData(
         X=res["concepts"],
         obs=pd.DataFrame(index=pd.Index(adata.obs_names[rows].astype(str), name=None)),
@@ -223,7 +239,11 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     )
     enc.obsm["X_unknown"] = res["unknown"]
     enc.obsm["X_latent"] = res["latent"]
-    enc.uns["sccbgm_encode"] = {"concepts": model.concepts, "concept_names": model.concept_names}
+    if "concepts_sd" in res:
+        enc.layers["concepts_sd"] = res["concepts_sd"]
+    enc.uns["sccbgm_encode"] = {
+        "concepts": model.concepts, "concept_names": model.concept_names, "n_members": model.n_members,
+    }
     return enc
 
 
@@ -248,8 +268,6 @@ def edit_cells(
     """
     import anndata as ad
 
-    from sccbgm.flows import Counterfactual
-
     if count_edit not in COUNT_EDITS:
         raise SCCBGMError(f"count_edit must be one of {list(COUNT_EDITS)}, not {count_edit!r}.")
     residual = model.default_residual if residual is None else bool(residual)
@@ -266,7 +284,7 @@ def edit_cells(
         )
     # with count_edit="sample", ``seed`` seeds the count sampling (and a flow's decode noise)
     flow_seed = seed if count_edit != "sample" or mode == "decode" else None
-    predict = Counterfactual(model, mode=mode, seed=flow_seed, n_steps=n_steps, shift_unknown=shift_unknown)
+    predictors = _member_predictors(model, mode, flow_seed, n_steps, shift_unknown)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer, output_genes=len(model.genes))
@@ -283,27 +301,57 @@ def edit_cells(
         same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
         assigned[same, sl] = False
 
+    n_members = len(predictors)
     out = np.empty((n, len(tr.genes)), dtype=np.float32)
-    c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
-    c_edit = np.empty_like(c_fact)
+    layers = {key: np.empty_like(out) for key in LAYERS} if n_members > 1 else {}
+    half_width = interval_half_width(model)
+    c_fact = np.zeros((n, spec.n_concepts), dtype=np.float32)
+    c_edit = np.zeros_like(c_fact)
     unknown, noise = [], []
     for s in range(0, n, CHUNK):
         sl = slice(s, min(s + CHUNK, n))
         x_raw = dense_rows(sub, sl)
         x_log = tr.lognorm(x_raw)
-        pred = predict(tr.features(x_log), observed[sl], obs_mask[sl], target[sl], assigned[sl],
-                       residual or count_edit is not None)
-        x_new = tr.to_genes(pred.edited)
+        feats = tr.features(x_log)
+        mean = np.zeros_like(x_log)
+        sq_dev = np.zeros_like(x_log)
+        log_ratio = np.zeros_like(x_log) if count_edit is not None else None
+        fact_first = None
+        for m, predict in enumerate(predictors):
+            pred = predict(feats, observed[sl], obs_mask[sl], target[sl], assigned[sl],
+                           residual or count_edit is not None)
+            x_new = tr.to_genes(pred.edited)
+            if count_edit is not None:
+                fact = tr.to_genes(pred.factual)
+                # members are combined by their mean log rate ratio, applied once in count space;
+                # each member's own (expected) count edit gives the spread
+                log_ratio += rate_log_ratio(fact, x_new) / n_members
+                fact_first = fact if fact_first is None else fact_first
+                x_new = count_space_edit(x_raw, fact, x_new, tr.target_sum, None, expectation=True)
+            elif residual:
+                x_new = x_log + x_new - tr.to_genes(pred.factual)
+            # Welford: running mean and sum of squared deviations over the members
+            delta = x_new - mean
+            mean += delta / (m + 1)
+            sq_dev += delta * (x_new - mean)
+            c_fact[sl] += pred.concepts_factual / n_members
+            c_edit[sl] += pred.concepts_edited / n_members
+            if m == 0:
+                unknown.append(pred.unknown)
+                if pred.noise is not None:
+                    noise.append(pred.noise)
         if count_edit is not None:
-            x_new = count_space_edit(x_raw, tr.to_genes(pred.factual), x_new, tr.target_sum, count_rng,
-                                     expectation=count_edit == "mean")
-        elif residual:
-            x_new = x_log + x_new - tr.to_genes(pred.factual)
-        out[sl] = np.clip(x_new, 0.0, None)
-        c_fact[sl], c_edit[sl] = pred.concepts_factual, pred.concepts_edited
-        unknown.append(pred.unknown)
-        if pred.noise is not None:
-            noise.append(pred.noise)
+            assert fact_first is not None and log_ratio is not None
+            mu_f = np.expm1(np.clip(fact_first, 0.0, None))
+            edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
+            mean = count_space_edit(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
+                                    expectation=count_edit == "mean")
+        out[sl] = np.clip(mean, 0.0, None)
+        if layers:
+            sd = np.sqrt(sq_dev / (n_members - 1))
+            layers["edit_sd"][sl] = sd
+            layers["edit_lower"][sl] = np.clip(mean - half_width * sd, 0.0, None)
+            layers["edit_upper"][sl] = np.clip(mean + half_width * sd, 0.0, None)
 
     new_obs = obs.copy()
     slices = spec.slices()
@@ -319,6 +367,7 @@ def edit_cells(
             new_obs[name] = values
     var = adata.var.loc[model.genes].copy() if set(model.genes) <= set(adata.var_names) else None
     edited = ad.AnnData(X=out, obs=new_obs, var=var if var is not None else pd.DataFrame(index=model.genes))
+    edited.layers.update(layers)
     edited.obsm["X_concepts_factual"] = c_fact
     edited.obsm["X_concepts_edited"] = c_edit
     edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
@@ -333,9 +382,29 @@ def edit_cells(
         "shift_unknown": bool(shift_unknown),
         "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
         "target_sum": tr.target_sum,
-        **predict.metadata(),
+        **predictors[0].metadata(),
     }
+    if n_members > 1:
+        edited.uns["sccbgm_edit"]["n_members"] = n_members
+        if predictors[0].seed is not None:
+            edited.uns["sccbgm_edit"]["member_seeds"] = [p.seed for p in predictors]
+        edited.uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model)
     return edited
+
+
+def _member_predictors(
+    model: Model, mode: str | None, seed: int | None, n_steps: int | None, shift_unknown: bool = False,
+) -> list[Any]:
+    """One :class:`~sccbgm.flows.Counterfactual` per ensemble member (decode seeds: seed + m)."""
+    from sccbgm.flows import Counterfactual
+
+    first = Counterfactual(model.member(0), mode=mode, seed=seed, n_steps=n_steps, shift_unknown=shift_unknown)
+    others = [
+        Counterfactual(model.member(m), mode=mode, n_steps=n_steps, shift_unknown=shift_unknown,
+                       seed=None if first.seed is None else first.seed + m)
+        for m in range(1, model.n_members)
+    ]
+    return [first, *others]
 
 
 def _jsonable(value: Any) -> Any:
