@@ -522,7 +522,8 @@ def edit(
     never modified.
 
     An ensemble (``sccbgm.fit(..., n_members=K)``, K > 1) edits with every member: X = the mean
-    of the members' edited expression (clipped at 0); ``layers["edit_sd"]`` = the sd (ddof 1)
+    of the members' edited expression (clipped at 0; with the count-space edit, one count edit
+    with the members' mean log rate ratio, as validated in docs/validation.md); ``layers["edit_sd"]`` = the sd (ddof 1)
     over members of the predicted change per cell x gene; ``layers["edit_lower"]`` /
     ``layers["edit_upper"]`` = X -/+ z_0.95 * a * edit_sd (clipped at 0), a 90% interval with
     the model's calibration scale a (``docs/uncertainty.md``); obsm concepts are the members'
