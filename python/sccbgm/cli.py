@@ -383,8 +383,8 @@ def _run(argv: list[str]) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--members", type=int, default=1,
-                   help="ensemble size; > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
+    f.add_argument("--members", type=int, default=None,
+                   help="ensemble size (default: the preset's, 2 for sccbgm on the cpu preset); > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
     f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
