@@ -7,7 +7,6 @@ with a message that says what to fix, before any torch code runs.
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,19 +14,19 @@ from typing import Any
 import numpy as np
 
 from sccbgm.errors import SCCBGMError
+from sccbgm.fitting import (
+    FAMILIES,
+    FLOW_MODULE_OPTIONS,
+    FLOW_TRAIN_OPTIONS,
+    MODULE_OPTIONS,
+    TRAIN_OPTIONS,
+    FitJob,
+    fit_ensemble,
+)
 from sccbgm.model import Model
 
-MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
-
-_MODULE_OPTIONS = {
-    "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
-    "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
-    "concept_embedding_dim", "reconstruction",
-}
-_CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
-_TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
-_FLOW_MODULE_OPTIONS = {"flow_hidden_dim", "flow_n_layers", "flow_dropout", "flow_time_dim"}
-_FLOW_TRAIN_OPTIONS = {f"flow_{k}" for k in _TRAIN_OPTIONS}
+MODELS = tuple(FAMILIES)
+_ALL_OPTIONS = MODULE_OPTIONS | TRAIN_OPTIONS | FLOW_MODULE_OPTIONS | FLOW_TRAIN_OPTIONS
 # option -> (kind, smallest allowed value): a wrong type or range is an SCCBGMError up front
 _OPTION_RANGES = {
     "hidden_dim": ("int", 1), "n_layers": ("int", 1), "latent_dim": ("int", 1), "unknown_dim": ("int", 1),
@@ -169,28 +168,13 @@ def fit(
     if not isinstance(model, str) or model not in MODELS:
         raise SCCBGMError(f"unknown model {model!r}; available models: {list(MODELS)}.")
     _check_fit_arguments(concepts, seed, n_pcs, representation, input_kind)
+    family = FAMILIES[model]
     if base is not None:
-        if model not in ("sccbgm-fm", "cvae-fm"):
-            raise SCCBGMError(f"`base` applies to model='sccbgm-fm' or 'cvae-fm' only, not {model!r}.")
+        if family.base_part is None:
+            takers = [f"{f.name!r}" for f in FAMILIES.values() if f.base_part]
+            raise SCCBGMError(f"`base` applies to model={' or '.join(takers)} only, not {model!r}.")
         _check_model(base)
-    module_keys, train_keys, flow_keys = _applicable_options(model, base)
-    unknown_opts = sorted(set(options) - _MODULE_OPTIONS - _TRAIN_OPTIONS - _FLOW_MODULE_OPTIONS - _FLOW_TRAIN_OPTIONS)
-    if unknown_opts:
-        raise SCCBGMError(
-            f"unknown option(s) {unknown_opts}; module options: {sorted(_MODULE_OPTIONS)}, "
-            f"training options: {sorted(_TRAIN_OPTIONS)}, flow options: "
-            f"{sorted(_FLOW_MODULE_OPTIONS | _FLOW_TRAIN_OPTIONS)}."
-        )
-    _check_option_values(options)
-    options = {k: int(v) if _OPTION_RANGES.get(k, ("",))[0] == "int" and v is not None else v
-               for k, v in options.items()}
-    misplaced = sorted(set(options) - module_keys - train_keys - flow_keys)
-    if misplaced:
-        why = "the given `base` is already trained" if base is not None else "they belong to another model"
-        raise SCCBGMError(
-            f"option(s) {misplaced} do not apply to model={model!r} ({why}); it takes "
-            f"{sorted(module_keys | train_keys | flow_keys) or 'no options'}."
-        )
+    options, (module_keys, train_keys) = _check_options(family, base, options)
     if adata.var_names.has_duplicates:
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
@@ -207,8 +191,8 @@ def fit(
         )
     cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
     cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
-    cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in _FLOW_MODULE_OPTIONS})
-    cfg["flow"]["train"].update({k[5:]: v for k, v in options.items() if k in _FLOW_TRAIN_OPTIONS})
+    cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in FLOW_MODULE_OPTIONS})
+    cfg["flow"]["train"].update({k[5:]: v for k, v in options.items() if k in FLOW_TRAIN_OPTIONS})
     if base is not None and n_pcs is not None:
         raise SCCBGMError("n_pcs cannot be set with `base`: the flow works in the base model's input space.")
     n_pcs = int(n_pcs if n_pcs is not None else cfg["n_pcs"])
@@ -221,21 +205,15 @@ def fit(
     else:
         spec = ConceptSpec.from_obs(adata.obs, concepts)
         matrix = get_matrix(adata, layer)
-        _check_fit_memory(matrix, representation, cfg, flow=model.endswith("-fm"))
+        _check_fit_memory(matrix, representation, cfg, flow=family.flow)
         values, mask = spec.encode(adata.obs)
         transform = InputTransform.fit(
             matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
             n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
             concepts=values if concept_directions else None, concept_mask=mask,
         )
-    if model == "vanilla-fm":
-        cfg["module"], cfg["train"] = {}, {}
-    elif model in ("cvae", "cvae-fm") and base is None:
-        cfg["module"] = {k: v for k, v in cfg["module"].items() if k in _CVAE_OPTIONS}
-    elif model == "cbgm":
-        from sccbgm.modules.cbgm import cbgm_module_options
-
-        cfg["module"] = cbgm_module_options(cfg["module"], set(options), spec.n_concepts)
+    if base is None:
+        family.configure(cfg, set(options), spec.n_concepts)
     options_record = {
         "model": model, "concepts": list(spec.column_names), "preset": preset, "layer": layer,
         "representation": representation, "n_pcs": n_pcs, "input_kind": transform.input_kind,
@@ -243,56 +221,36 @@ def fit(
         "residual": bool(residual), "module": cfg["module"], "train": cfg["train"],
         "n_train_cells": int(adata.n_obs),
     }
-    if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
+    if family.flow:
         options_record["flow"] = cfg["flow"]
-    from sccbgm.train import preserve_rng, seed_everything, torch_threads
-
-    members = []
-    with torch_threads(num_threads), preserve_rng():
-        seed = seed_everything(seed)
-        for m in range(int(n_members)):
-            tag = f" {m + 1}/{n_members}" if n_members > 1 else ""
-            base_m = None if base is None else base.member(m % base.n_members)
-            members.append(_fit_one(
-                model, matrix, transform, spec, values, mask, copy.deepcopy(cfg), copy.deepcopy(options_record),
-                seed + m, device, progress, base_m, tag,
-            ))
-        joined = _join_members(members)
-        if joined.n_members > 1:
-            from sccbgm.uncertainty import calibrate
-
-            joined.options["uncertainty"] = calibrate(joined, matrix, values, mask, seed=seed)
-    return joined
+    job = FitJob(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
+    return fit_ensemble(job, int(n_members), base, num_threads)
 
 
-def _fit_one(model, matrix, transform, spec, values, mask, cfg, record, seed, device, progress, base, tag) -> Model:
-    """One model (one ensemble member) with ``seed``; ``tag`` labels its progress bars."""
-    if model in ("sccbgm", "cbgm"):
-        return _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress, tag)
-    from sccbgm.flows import fit_model
-
-    if model == "sccbgm-fm" and base is None:
-        base_record = {k: v for k, v in record.items() if k != "flow"} | {"model": "sccbgm"}
-        base = _fit_vae(matrix, transform, spec, values, mask, cfg, base_record, seed, device, progress, tag)
-    return fit_model(
-        model, matrix, transform, spec, values, mask, cfg, record,
-        seed=seed, device=device, progress=progress, base=base, tag=tag,
-    )
-
-
-def _join_members(members: list[Model]) -> Model:
-    """K fitted models (same spec and transform) -> one ensemble Model (member 1 first)."""
-    first = members[0]
-    if len(members) == 1:
-        return first
-    history = dict(first.history)
-    for m, member in enumerate(members[1:], start=2):
-        history.update({f"{part} (member {m})": h for part, h in member.history.items()})
-    options = dict(first.options)
-    options["n_members"] = len(members)
-    options["member_seeds"] = [int(member.options["seed"]) for member in members]
-    return Model(name=first.name, spec=first.spec, transform=first.transform, parts=first.parts,
-                 options=options, history=history, more_members=[member.parts for member in members[1:]])
+def _check_options(
+    family: Any, base: Model | None, options: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[set[str], set[str]]]:
+    """Known, well-typed options that apply to ``family`` (with or without ``base``); returns them
+    (integers as int) and the (module, training) option names that apply."""
+    unknown_opts = sorted(set(options) - _ALL_OPTIONS)
+    if unknown_opts:
+        raise SCCBGMError(
+            f"unknown option(s) {unknown_opts}; module options: {sorted(MODULE_OPTIONS)}, "
+            f"training options: {sorted(TRAIN_OPTIONS)}, flow options: "
+            f"{sorted(FLOW_MODULE_OPTIONS | FLOW_TRAIN_OPTIONS)}."
+        )
+    _check_option_values(options)
+    options = {k: int(v) if _OPTION_RANGES.get(k, ("",))[0] == "int" and v is not None else v
+               for k, v in options.items()}
+    module_keys, train_keys, flow_keys = family.applicable_options(base is not None)
+    misplaced = sorted(set(options) - module_keys - train_keys - flow_keys)
+    if misplaced:
+        why = "the given `base` is already trained" if base is not None else "they belong to another model"
+        raise SCCBGMError(
+            f"option(s) {misplaced} do not apply to model={family.name!r} ({why}); it takes "
+            f"{sorted(module_keys | train_keys | flow_keys) or 'no options'}."
+        )
+    return options, (module_keys, train_keys)
 
 
 def _check_fit_arguments(concepts: Any, seed: Any, n_pcs: Any, representation: Any, input_kind: Any) -> None:
@@ -371,15 +329,6 @@ def _network_bytes(cfg: dict[str, Any], in_dim: int, *, flow: bool = False) -> f
     return 16 * params
 
 
-def _applicable_options(model: str, base: Model | None) -> tuple[set[str], set[str], set[str]]:
-    """(module, training, flow) option names that apply to ``model`` (with or without ``base``)."""
-    flow = _FLOW_MODULE_OPTIONS | _FLOW_TRAIN_OPTIONS if model.endswith("-fm") else set()
-    if model == "vanilla-fm" or base is not None:
-        return set(), set(), flow
-    module = _CVAE_OPTIONS if model.startswith("cvae") else _MODULE_OPTIONS
-    return set(module), set(_TRAIN_OPTIONS), flow
-
-
 def _base_inputs(
     base: Model, adata: Any, concepts: Sequence[str], layer: str | None, representation: str
 ) -> tuple[Any, Any, Any]:
@@ -402,54 +351,6 @@ def _base_inputs(
         raise SCCBGMError(f"concept column(s) {missing} not found in adata.obs.")
     matrix = model_matrix(base, adata, np.arange(adata.n_obs), layer)
     return base.spec, base.transform, matrix
-
-
-def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress, tag="") -> Model:
-    import torch
-
-    from sccbgm.data import CellData
-    from sccbgm.modules import ConceptBottleneckVAE, SCCBGMConfig
-    from sccbgm.train import TrainConfig, resolve_device, seed_everything, train
-
-    dev = resolve_device(device)
-    seed = seed_everything(seed)
-    record["seed"] = seed
-    data = CellData(matrix, transform, values, mask)
-    try:
-        module_cfg = SCCBGMConfig(
-            in_dim=transform.n_features, n_concepts=spec.n_concepts,
-            is_binary=[bool(b) for b in spec.is_binary], **record["module"],
-        )
-        train_cfg = TrainConfig(**record["train"])
-    except TypeError as err:
-        raise SCCBGMError(f"bad option: {err}") from None
-    vae = ConceptBottleneckVAE(module_cfg).to(dev)
-    concepts_t = torch.from_numpy(values).to(dev)
-    mask_t = torch.from_numpy(mask).to(dev)
-
-    def make_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
-        return {"x": torch.from_numpy(data.inputs(rows)).to(dev), "concepts": concepts_t[rows], "mask": mask_t[rows]}
-
-    history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM" + tag)
-    _set_unknown_shift(vae, data, concepts_t, mask_t, dev)
-    return Model(name=record["model"], spec=spec, transform=transform, parts={"vae": vae}, options=record,
-                 history={"vae": history})
-
-
-def _set_unknown_shift(vae: Any, data: Any, values: Any, mask: Any, dev: Any) -> None:
-    """Store B_u, the linear leakage of the concepts into u on the training cells (see
-    :func:`sccbgm.modules.sccbgm.estimate_unknown_shift`), for ``edit(..., shift_unknown=True)``."""
-    import torch
-
-    from sccbgm.modules.sccbgm import estimate_unknown_shift
-
-    vae.eval()
-    us = []
-    with torch.no_grad():
-        for s in range(0, data.n_cells, 4096):
-            rows = np.arange(s, min(s + 4096, data.n_cells))
-            us.append(vae.abduct(torch.from_numpy(data.inputs(rows)).to(dev))["unknown"])
-        vae.unknown_shift.copy_(estimate_unknown_shift(torch.cat(us), values, mask).to(dev))
 
 
 def edit(

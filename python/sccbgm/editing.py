@@ -264,7 +264,7 @@ def edit_cells(
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
     The prediction step of each model family (decoder, or flow with ``mode`` / ``seed`` /
-    ``n_steps``) is :class:`sccbgm.flows.Counterfactual`.
+    ``n_steps``) is :class:`sccbgm.predict.Counterfactual`.
     """
     import anndata as ad
 
@@ -395,8 +395,8 @@ def edit_cells(
 def _member_predictors(
     model: Model, mode: str | None, seed: int | None, n_steps: int | None, shift_unknown: bool = False,
 ) -> list[Any]:
-    """One :class:`~sccbgm.flows.Counterfactual` per ensemble member (decode seeds: seed + m)."""
-    from sccbgm.flows import Counterfactual
+    """One :class:`~sccbgm.predict.Counterfactual` per ensemble member (decode seeds: seed + m)."""
+    from sccbgm.predict import Counterfactual
 
     first = Counterfactual(model.member(0), mode=mode, seed=seed, n_steps=n_steps, shift_unknown=shift_unknown)
     others = [

@@ -14,7 +14,7 @@ import torch
 
 import sccbgm
 from sccbgm.errors import SCCBGMError
-from sccbgm.flows import DEFAULT_N_STEPS, FLOW_MODELS, Counterfactual, integrate
+from sccbgm.predict import DEFAULT_N_STEPS, FLOW_MODELS, Counterfactual, integrate
 
 CONCEPTS = ["stim", "cell_type"]
 NET = dict(hidden_dim=64, epochs=25)

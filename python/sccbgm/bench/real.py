@@ -194,12 +194,12 @@ def _peer_task(train: Any, source: Any, x_train: np.ndarray, x_src: np.ndarray, 
 def _fit_kwargs(key: str, fit: Mapping[str, Any], flow: Mapping[str, Any], base: Any) -> dict[str, Any]:
     """The options of ``fit`` / ``flow`` that apply to model ``key`` (concept-loss weights and the
     unknown width do not exist in the CVAE; a flow on a fitted base takes flow options only)."""
-    from sccbgm.api import _CVAE_OPTIONS, _MODULE_OPTIONS
+    from sccbgm.fitting import CVAE_OPTIONS, MODULE_OPTIONS
 
     if key == "vanilla-fm" or (key.endswith("-fm") and base is not None):
         return dict(flow)
     if key.startswith("cvae"):
-        fit = {k: v for k, v in fit.items() if k in _CVAE_OPTIONS or k not in _MODULE_OPTIONS}
+        fit = {k: v for k, v in fit.items() if k in CVAE_OPTIONS or k not in MODULE_OPTIONS}
     return {**fit, **flow} if key.endswith("-fm") else dict(fit)
 
 

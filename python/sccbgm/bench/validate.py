@@ -309,7 +309,7 @@ def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -
     count space (:func:`sccbgm.editing.count_space_edit`, expectation) around member 0's factual
     mean."""
     from sccbgm.editing import RATE_EPS, count_space_edit
-    from sccbgm.flows import Counterfactual
+    from sccbgm.predict import Counterfactual
 
     counts = _dense(source.X)
     log_ratios, first = [], None
