@@ -95,6 +95,18 @@ def _strongest_task(adata: Any) -> Any:
     return max(eligible_intervention_tasks(adata), key=lambda t: (strength[names.index(t.concept)], t.cell_type))
 
 
+def _json_options(text: str) -> dict[str, Any]:
+    from sccbgm.errors import SCCBGMError
+
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SCCBGMError(f"--options is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(opts, dict):
+        raise SCCBGMError(f"--options must be a JSON object of option names and values, not {text!r}.")
+    return opts
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -118,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--options", default="{}",
+                   help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
+    f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="DDP training (default: when launched by torchrun; docs/distributed.md)")
     f.add_argument("--out", required=True, help="model file to write")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
     e.add_argument("h5ad")
@@ -137,12 +153,17 @@ def main(argv: list[str] | None = None) -> int:
             import anndata as ad
 
             import sccbgm
+            from sccbgm import distributed
 
-            opts = {"epochs": args.epochs} if args.epochs else {}
+            opts = _json_options(args.options)
+            if args.epochs:
+                opts["epochs"] = args.epochs
             model = sccbgm.fit(ad.read_h5ad(args.h5ad), args.concepts, model=args.model, preset=args.preset,
-                               layer=args.layer, seed=args.seed, **opts)
+                               layer=args.layer, seed=args.seed, distributed=args.distributed, **opts)
             sccbgm.save(model, args.out)
-            print(f"{model}\nwrote {args.out}")
+            if distributed.rank() == 0:
+                print(f"{model}\nwrote {args.out}")
+            distributed.shutdown()
         elif args.command == "edit":
             import anndata as ad
 

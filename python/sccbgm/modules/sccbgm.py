@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sccbgm.distributed import gather_batch
 from sccbgm.errors import SCCBGMError
 from sccbgm.modules._blocks import ResidualBlock, ResidualMLP
 from sccbgm.modules.cbgm import ConceptEmbeddingBottleneck, cosine_penalty, default_embedding_dim
@@ -111,7 +112,12 @@ class SCCBGMConfig:
 
 
 def cross_covariance_penalty(c_hat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar."""
+    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar.
+
+    Under DDP training the rows of every rank are gathered first, so B is the global batch
+    (:mod:`sccbgm.distributed`).
+    """
+    c_hat, u = gather_batch(c_hat), gather_batch(u)
     b = c_hat.shape[0]
     cov = (c_hat - c_hat.mean(0)).T @ (u - u.mean(0)) / max(b - 1, 1)
     return (cov**2).sum()
