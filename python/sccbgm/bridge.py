@@ -18,6 +18,14 @@ matrix spec
     ``{"kind": "csr", "shape": [n, m], "data": float64, "indices": int32, "indptr": int32}`` --
     a cells x genes CSR matrix, which *is* the genes x cells CSC ``dgCMatrix`` of R
     (``x``, ``i``, ``p`` slots, 0-based), rebuilt there with ``Matrix::sparseMatrix``.
+
+    ``{"kind": "blocks", "shape": [n, m], "blocks": [csr spec]}`` (R -> Python) -- consecutive
+    row blocks, stacked into one CSR matrix: how R streams a ``DelayedArray`` without realising
+    it whole.
+
+    ``{"kind": "h5ad", "shape": [n, m], "path": str, "dataset": "X"}`` (Python -> R) -- a dense
+    (n, m) dataset in an .h5ad file, read in R as an HDF5-backed ``DelayedArray``
+    (``HDF5Array::HDF5Array(path, dataset)`` is its m x n transpose, without a copy).
 column spec (one data-frame column; ``na`` is a bool mask of missing values)
     ``{"type": "factor", "codes": int32 (-1 = NA), "levels": [str], "ordered": bool}``
     (unused levels are kept), ``{"type": "character", "values": [str], "na": bool}``,
@@ -159,7 +167,12 @@ def matrix_from_spec(spec: Mapping[str, Any]) -> np.ndarray | sp.csr_matrix:
         if indptr.size and indptr[-1] <= _INT32_MAX:
             indptr = indptr.astype(np.int32)
         return sp.csr_matrix((data, indices, indptr), shape=(n, m))
-    raise SCCBGMError(f"unknown matrix spec kind {kind!r} (expected 'dense' or 'csr').")
+    if kind == "blocks":  # consecutive row blocks (R streams a DelayedArray), stacked as CSR
+        blocks = [matrix_from_spec(_as_dict(b)) for b in spec["blocks"]]
+        if sum(b.shape[0] for b in blocks) != n or any(b.shape[1] != m for b in blocks):
+            raise SCCBGMError(f"matrix blocks of shapes {[b.shape for b in blocks]} do not stack to {(n, m)}.")
+        return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n, m))
+    raise SCCBGMError(f"unknown matrix spec kind {kind!r} (expected 'dense', 'csr' or 'blocks').")
 
 
 def _r_dtype(dtype: np.dtype, values: np.ndarray | None = None) -> np.dtype:
@@ -479,8 +492,12 @@ def edit(
     *,
     cells: Any = None,
     options: Mapping[str, Any] | None = None,
+    out: str | None = None,
 ) -> Spec:
     """Counterfactual edit of the cells in ``spec``; returns a plain result spec for R.
+
+    With ``out`` (a path) the edit is written to that .h5ad by ``sccbgm.edit(..., out=out)``
+    and ``X`` of the result is an ``"h5ad"`` matrix spec pointing at it, not the values.
 
     ``options`` are further keywords of :func:`sccbgm.edit` (e.g. ``residual``); ``None`` values
     are dropped. Result keys: ``X`` (dense matrix spec, edited cells x model genes, float64),
@@ -494,16 +511,38 @@ def edit(
     adata = _engine_frame(spec)
     set_ = set_from_spec(set_spec)
     kwargs = {str(k): v for k, v in _as_dict(options).items() if v is not None}
-    result = api.edit(model, adata, set_, cells=_cells_arg(cells), **kwargs)
-    return edit_result_to_spec(result, list(set_))
+    if out is None:
+        result = api.edit(model, adata, set_, cells=_cells_arg(cells), **kwargs)
+        return edit_result_to_spec(result, list(set_))
+    import anndata as ad
+
+    out = os.fspath(os.path.expanduser(str(out)))
+    api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
+    del adata
+    written = ad.read_h5ad(out, backed="r")
+    try:
+        return edit_result_to_spec(written, list(set_), x_file=out)
+    finally:
+        written.file.close()
 
 
-def edit_result_to_spec(result: Any, edited_columns: Sequence[str]) -> Spec:
-    """The AnnData returned by :func:`sccbgm.edit` -> plain result spec (see :func:`edit`)."""
+def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str | None = None) -> Spec:
+    """The AnnData returned by :func:`sccbgm.edit` -> plain result spec (see :func:`edit`).
+
+    ``x_file``: ``result`` is that .h5ad opened backed; X is passed as an ``"h5ad"`` spec.
+    """
     info = dict(result.uns.get("sccbgm_edit", {}))
     columns = [c for c in edited_columns if c in result.obs.columns]
+    if x_file is None:
+        x_spec = matrix_to_spec(np.asarray(result.X, dtype=np.float64))
+    else:
+        import h5py
+
+        if not isinstance(result.X, h5py.Dataset):
+            raise SCCBGMError(f"X of {x_file!r} is not a dense HDF5 dataset; cannot back an R DelayedArray with it.")
+        x_spec = {"kind": "h5ad", "shape": [int(result.n_obs), int(result.n_vars)], "path": x_file, "dataset": "X"}
     return {
-        "X": matrix_to_spec(np.asarray(result.X, dtype=np.float64)),
+        "X": x_spec,
         "obs_names": _str_array(result.obs_names),
         "var_names": _str_array(result.var_names),
         "obs": frame_to_spec(result.obs, columns),

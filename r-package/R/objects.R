@@ -214,7 +214,12 @@
 # Add the edited (genes x cells, log-normalised) matrix as assay `name`.
 .add_expression <- function(object, name, m) {
   if (.is_seurat(object)) {
-    assay <- .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
+    assay <- if (methods::is(m, "DelayedArray")) {
+      # an HDF5-backed DelayedArray needs a v5 assay (.backed_problem checked SeuratObject >= 5)
+      getExportedValue("SeuratObject", "CreateAssay5Object")(data = m)
+    } else {
+      .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
+    }
     SeuratObject::Key(assay) <- .assay_key(name)
     object[[name]] <- assay
     return(object)
