@@ -517,9 +517,10 @@ def edit(
     import anndata as ad
 
     out = os.fspath(os.path.expanduser(str(out)))
-    api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
+    written = api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
     del adata
-    written = ad.read_h5ad(out, backed="r")
+    if not getattr(written, "isbacked", False):
+        written = ad.read_h5ad(out, backed="r")
     try:
         return edit_result_to_spec(written, list(set_), x_file=out)
     finally:
