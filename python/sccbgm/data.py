@@ -15,8 +15,11 @@
    produce, that effect in gene space.
 
 The transform is fitted once and stored in the model, so edits come back in the input's gene
-space (log-normalised). Matrices are processed in chunks of cells: a sparse X stays sparse and is
-densified one chunk / minibatch at a time.
+space (log-normalised). Matrices are processed in chunks of cells whose size bounds cells x genes
+(:func:`chunk_rows`): a sparse X stays sparse (log1p of its normalised non-zeros) and nothing of
+size genes x genes is ever formed. The PCA is a randomized subspace iteration (Halko, Martinsson &
+Tropp 2011) with implicit centering, streamed over the cell chunks, so dense, sparse and backed
+matrices are handled alike.
 """
 
 from __future__ import annotations
@@ -30,7 +33,17 @@ import scipy.sparse as sp
 
 from sccbgm.errors import SCCBGMError
 
-CHUNK = 4096  # cells per chunk when streaming through X
+CHUNK = 4096  # cells per chunk in the model's (small) feature space
+CHUNK_ELEMENTS = 1 << 23  # cells x genes per chunk of X (64 MiB as dense float64)
+PCA_OVERSAMPLE = 16  # extra random directions of the subspace iteration
+PCA_ITERATIONS = 6  # applications of the covariance after the first one
+
+
+def chunk_rows(n_genes: int, budget: int | None = None) -> int:
+    """Cells per chunk so that one dense chunk holds at most ``budget`` values (default
+    ``CHUNK_ELEMENTS``), at least 16 and at most 65,536 cells."""
+    budget = CHUNK_ELEMENTS if budget is None else int(budget)
+    return int(max(16, min(65536, budget // max(int(n_genes), 1))))
 
 
 def get_matrix(adata: Any, layer: str | None) -> Any:
@@ -58,8 +71,9 @@ def check_values(matrix: Any, *, what: str = "expression matrix") -> bool:
     if n == 0 or matrix.shape[1] == 0:
         raise SCCBGMError(f"the {what} is empty ({matrix.shape[0]} cells x {matrix.shape[1]} genes).")
     integer = True
-    for start in range(0, n, CHUNK):
-        block = matrix[start : start + CHUNK]
+    step = chunk_rows(matrix.shape[1])
+    for start in range(0, n, step):
+        block = matrix[start : start + step]
         vals = block.data if sp.issparse(block) else np.asarray(block)
         vals = np.asarray(vals, dtype=np.float64)
         if not np.isfinite(vals).all():
@@ -125,8 +139,9 @@ class InputTransform:
             raise SCCBGMError(f"representation must be 'pca' or 'genes', not {representation!r}.")
         target_sum = 1.0
         if input_kind == "counts":
+            step = chunk_rows(matrix.shape[1])
             totals = np.concatenate(
-                [np.asarray(matrix[s : s + CHUNK].sum(axis=1)).ravel() for s in range(0, matrix.shape[0], CHUNK)]
+                [np.asarray(matrix[s : s + step].sum(axis=1)).ravel() for s in range(0, matrix.shape[0], step)]
             )
             if (totals == 0).any():
                 raise SCCBGMError(
@@ -151,19 +166,34 @@ class InputTransform:
         return tr
 
     # ------------------------------------------------------------------ transforms
-    def lognorm(self, block: np.ndarray) -> np.ndarray:
-        """Dense raw block (n, G) -> log-normalised expression (n, G)."""
+    def lognorm(self, block: Any) -> Any:
+        """Raw block (n, G) -> log-normalised expression (n, G), float64.
+
+        Dense in, dense out; sparse in, CSR out (log1p of the normalised non-zeros keeps zeros).
+        """
+        if sp.issparse(block):
+            block = sp.csr_matrix(block, dtype=np.float64, copy=True)
+            if self.input_kind == "counts":
+                totals = np.asarray(block.sum(axis=1)).ravel()
+                totals[totals == 0] = 1.0
+                block.data *= np.repeat(self.target_sum / totals, np.diff(block.indptr))
+                np.log1p(block.data, out=block.data)
+            return block
+        block = np.asarray(block, dtype=np.float64)
         if self.input_kind == "counts":
             totals = block.sum(axis=1, keepdims=True)
             totals[totals == 0] = 1.0
             return np.log1p(block / totals * self.target_sum)
         return block
 
-    def features(self, lognorm: np.ndarray) -> np.ndarray:
-        """Log-normalised (n, G) -> model input (n, n_features), float32."""
+    def features(self, lognorm: Any) -> np.ndarray:
+        """Log-normalised (n, G), dense or sparse -> model input (n, n_features), float32."""
         if self.representation == "pca":
-            return ((lognorm - self.mean) @ self.components.T).astype(np.float32)
-        return lognorm.astype(np.float32)
+            proj = lognorm @ self.components.T - self.mean @ self.components.T
+            return np.asarray(proj, dtype=np.float32)
+        if sp.issparse(lognorm):
+            lognorm = lognorm.toarray()
+        return np.asarray(lognorm, dtype=np.float32)
 
     def to_genes(self, features: np.ndarray) -> np.ndarray:
         """Model space (n, n_features) -> log-normalised gene space (n, G), float64."""
@@ -172,11 +202,18 @@ class InputTransform:
             return features @ self.components + self.mean
         return features
 
-    def iter_chunks(self, matrix: Any, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (row indices, log-normalised dense block) over ``rows`` in chunks."""
-        for s in range(0, rows.size, CHUNK):
-            idx = rows[s : s + CHUNK]
-            yield idx, self.lognorm(dense_rows(matrix, idx))
+    def iter_chunks(self, matrix: Any, rows: np.ndarray) -> Iterator[tuple[np.ndarray, Any]]:
+        """Yield (row indices, log-normalised block) over ``rows`` in chunks of :func:`chunk_rows`.
+
+        The block is sparse (CSR) when ``matrix`` is sparse, else dense float64.
+        """
+        step = chunk_rows(matrix.shape[1])
+        for s in range(0, rows.size, step):
+            idx = rows[s : s + step]
+            block = matrix[idx]
+            if not sp.issparse(block):
+                block = np.asarray(block)
+            yield idx, self.lognorm(block)
 
     # ------------------------------------------------------------- serialisation
     def header(self) -> dict[str, Any]:
@@ -204,23 +241,49 @@ class InputTransform:
         )
 
 
-def _pca(tr: InputTransform, matrix: Any, n_pcs: int) -> tuple[np.ndarray, np.ndarray]:
-    """PCA of the log-normalised training cells from a streamed G x G covariance (no dense copy)."""
+def _pca(
+    tr: InputTransform,
+    matrix: Any,
+    n_pcs: int,
+    *,
+    n_iter: int = PCA_ITERATIONS,
+    oversample: int = PCA_OVERSAMPLE,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``n_pcs`` principal axes of the log-normalised cells: (mean (G,), components (k, G)).
+
+    Randomized subspace iteration on the covariance C = Xc^T Xc / (n - 1) of the centred cells
+    Xc = X - 1 mu^T, never formed: each pass streams the chunks of X and accumulates X^T (X Q),
+    then C Q = (X^T X Q - n mu (mu^T Q)) / (n - 1) (implicit centering). The first pass also
+    sums X for mu. Start: Q = Gaussian (G, k + oversample) from ``default_rng(seed)``; then
+    ``n_iter`` times Q <- orth(C Q); the components are the Ritz vectors Q V of the top-k
+    eigenpairs of Q^T C Q. Memory: O(G (k + oversample)) plus one chunk. Sign: the
+    largest-magnitude loading of each component is positive.
+    """
     n, g = matrix.shape
     k = int(min(n_pcs, g, n - 1))
     if k < 1:
         raise SCCBGMError(f"too few cells ({n}) to fit a PCA input transform.")
+    width = int(min(k + max(int(oversample), 0), g))
+    basis = np.random.default_rng(seed).standard_normal((g, width))
     rows = np.arange(n)
     total = np.zeros(g)
-    gram = np.zeros((g, g))
+    gram = np.zeros((g, width))
     for _, block in tr.iter_chunks(matrix, rows):
-        total += block.sum(axis=0)
-        gram += block.T @ block
+        total += np.asarray(block.sum(axis=0)).ravel()
+        gram += block.T @ (block @ basis)
     mean = total / n
-    cov = (gram - n * np.outer(mean, mean)) / max(n - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
+    for _ in range(max(int(n_iter), 1)):
+        cov_basis = (gram - n * np.outer(mean, mean @ basis)) / max(n - 1, 1)
+        basis = np.linalg.qr(cov_basis)[0]
+        gram = np.zeros((g, basis.shape[1]))
+        for _, block in tr.iter_chunks(matrix, rows):
+            gram += block.T @ (block @ basis)
+    cov_basis = (gram - n * np.outer(mean, mean @ basis)) / max(n - 1, 1)
+    small = basis.T @ cov_basis
+    evals, evecs = np.linalg.eigh((small + small.T) / 2)
     order = np.argsort(evals)[::-1][:k]
-    components = evecs[:, order].T
+    components = (basis @ evecs[:, order]).T
     # deterministic sign: largest-magnitude loading positive
     signs = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
     signs[signs == 0] = 1.0
@@ -236,6 +299,7 @@ def _concept_directions(
     observed mean, so they carry no signal), streamed in chunks; the rows of B for the K
     concepts, projected off the PCs, are orthonormalised (QR) and kept when their norm exceeds
     ``tol`` times the largest row of B before the projection (none when the PCs span every gene).
+    Work and memory are O(G K) beyond one chunk (no G x G matrix).
     """
     c = np.asarray(concepts, dtype=np.float64)
     if mask is not None:
@@ -245,7 +309,7 @@ def _concept_directions(
     design = np.hstack([np.ones((c.shape[0], 1)), c])
     xtd = np.zeros((design.shape[1], matrix.shape[1]))
     for idx, block in tr.iter_chunks(matrix, np.arange(matrix.shape[0])):
-        xtd += design[idx].T @ block
+        xtd += np.asarray(block.T @ design[idx]).T
     coef = np.linalg.lstsq(design.T @ design, xtd, rcond=None)[0][1:]
     scale = np.linalg.norm(coef, axis=1).max(initial=0.0)
     coef = coef - (coef @ tr.components.T) @ tr.components
