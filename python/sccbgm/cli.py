@@ -9,11 +9,14 @@ PNGs, the fitted model) to DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int = 0) -> Path:
@@ -95,32 +98,117 @@ def _strongest_task(adata: Any) -> Any:
     return max(eligible_intervention_tasks(adata), key=lambda t: (strength[names.index(t.concept)], t.cell_type))
 
 
-def _json_options(text: str) -> dict[str, Any]:
-    from sccbgm.errors import SCCBGMError
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr and exit code 2 (no usage dump)."""
 
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sccbgm: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _input_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path!r} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
+    return p
+
+
+def _check_output(out: str, inputs: list[Path], overwrite: bool, *, folder: bool = False) -> Path:
+    """Refuse to write over an input (always) or over an existing output (without --overwrite)."""
+    p = Path(out)
+    for src in inputs:
+        if (p.exists() and src.exists() and os.path.samefile(p, src)) or p.resolve() == src.resolve():
+            raise UsageError(f"--out {out!r} is an input of this command; sccbgm never writes over its inputs.")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"--out {out!r} exists and is not a folder.")
+        if p.is_dir() and any(p.iterdir()) and not overwrite:
+            raise UsageError(f"--out folder {out!r} is not empty; pass --overwrite to write into it.")
+        return p
+    if p.is_dir():
+        raise UsageError(f"--out {out!r} is a folder; give a file name.")
+    if p.exists() and not overwrite:
+        raise UsageError(f"--out {out!r} already exists; pass --overwrite to replace it, or choose another name.")
+    if not p.resolve().parent.is_dir():
+        raise UsageError(f"the folder of --out {out!r} does not exist.")
+    return p
+
+
+def _read_h5ad(path: Path) -> Any:
+    import anndata as ad
+
+    try:
+        return ad.read_h5ad(path)
+    except Exception as err:  # noqa: BLE001 (any reader failure is a bad input file)
+        raise UsageError(f"cannot read {str(path)!r} as an .h5ad file ({type(err).__name__}: {err}).") from None
+
+
+def _write_h5ad_atomic(adata: Any, path: Path) -> None:
+    """Write to a temporary file in the same folder, then move it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp.h5ad")
+    os.close(fd)
+    try:
+        adata.write_h5ad(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _parse_set(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--set is not valid JSON ({err.msg} at character {err.pos}): {text!r}; write e.g. "
+            '--set \'{"stim": "STIM"}\'.'
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f'--set must be a non-empty JSON object {{"column": value}}, not {text!r}.')
+    return value
+
+
+class UsageError(Exception):
+    """A user error found by the command line itself (bad file, bad --set, existing output)."""
+
+
+def _json_options(text: str) -> dict[str, Any]:
     try:
         opts = json.loads(text)
     except json.JSONDecodeError as err:
-        raise SCCBGMError(f"--options is not valid JSON ({err}): {text!r}") from None
+        raise UsageError(f"--options is not valid JSON ({err}): {text!r}") from None
     if not isinstance(opts, dict):
-        raise SCCBGMError(f"--options must be a JSON object of option names and values, not {text!r}.")
+        raise UsageError(f"--options must be a JSON object of option names and values, not {text!r}.")
     return opts
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 1 internal error).
+
+    No failure prints a Python traceback: a user error (SCCBGMError, bad file, bad --set,
+    existing output) is one line ``sccbgm: error: ...`` and exit code 2; an unexpected internal
+    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         from sccbgm.bench import main as bench_main
 
         return bench_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="sccbgm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
-    d.add_argument("--out", default="out/demo")
+    d.add_argument("--out", default="out/demo", help="report folder (must be empty unless --overwrite)")
     d.add_argument("--cells", type=int, default=4000)
     d.add_argument("--genes", type=int, default=500)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     sub.add_parser("bench", help="benchmarks (see `sccbgm bench --help`)")
     f = sub.add_parser("fit", help="fit a model on an .h5ad file")
     f.add_argument("h5ad")
@@ -134,46 +222,68 @@ def main(argv: list[str] | None = None) -> int:
                    help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
     f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
                    help="DDP training (default: when launched by torchrun; docs/distributed.md)")
-    f.add_argument("--out", required=True, help="model file to write")
+    f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
     e.add_argument("h5ad")
     e.add_argument("--model", required=True)
     e.add_argument("--set", required=True, help='JSON, e.g. \'{"stim": "STIM"}\'')
     e.add_argument("--layer")
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
-    e.add_argument("--out", required=True, help=".h5ad to write")
+    e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
 
     from sccbgm.errors import SCCBGMError
 
     try:
         if args.command == "demo":
+            _check_output(args.out, [], args.overwrite, folder=True)
             demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
         elif args.command == "fit":
-            import anndata as ad
-
+            data = _input_file(args.h5ad, "input file")
+            out = _check_output(args.out, [data], args.overwrite)
             import sccbgm
             from sccbgm import distributed
 
             opts = _json_options(args.options)
-            if args.epochs:
+            if args.epochs is not None:
                 opts["epochs"] = args.epochs
-            model = sccbgm.fit(ad.read_h5ad(args.h5ad), args.concepts, model=args.model, preset=args.preset,
+            model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
                                layer=args.layer, seed=args.seed, distributed=args.distributed, **opts)
-            sccbgm.save(model, args.out)
+            sccbgm.save(model, out)
             if distributed.rank() == 0:
-                print(f"{model}\nwrote {args.out}")
+                print(f"{model}\nwrote {out}")
             distributed.shutdown()
         elif args.command == "edit":
-            import anndata as ad
-
+            data = _input_file(args.h5ad, "input file")
+            model_path = _input_file(args.model, "model file")
+            out = _check_output(args.out, [data, model_path], args.overwrite)
+            set_ = _parse_set(args.set)
             import sccbgm
 
-            edited = sccbgm.edit(sccbgm.load(args.model), ad.read_h5ad(args.h5ad), json.loads(args.set),
-                                 layer=args.layer, residual=False if args.decoder_output else None)
-            edited.write_h5ad(args.out)
-            print(f"edited {edited.n_obs} cells; wrote {args.out}")
-    except SCCBGMError as err:
-        print(f"sccbgm: error: {err}", file=sys.stderr)
+            model = sccbgm.load(model_path)
+            edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
+                                 residual=False if args.decoder_output else None)
+            _write_h5ad_atomic(edited, out)
+            print(f"edited {edited.n_obs} cells; wrote {out}")
+    except (SCCBGMError, UsageError) as err:
+        print(f"sccbgm: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sccbgm: interrupted; nothing was written over an existing file.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("sccbgm: error: out of memory; use fewer cells or genes (see docs/reliability.md).", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (no traceback for a CLI user)
+        if os.environ.get("SCCBGM_DEBUG"):
+            raise
+        print(f"sccbgm: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
+              "(rerun with SCCBGM_DEBUG=1 for the traceback).", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

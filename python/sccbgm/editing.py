@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sccbgm.data import CHUNK, check_values, dense_rows, get_matrix
+from sccbgm.data import (
+    CHUNK,
+    check_values,
+    dense_rows,
+    get_matrix,
+    matrix_bytes,
+    require_memory,
+    take_rows,
+)
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
 
@@ -49,6 +57,11 @@ def select_cells(adata: Any, cells: Any) -> np.ndarray:
             idx = idx % n
         else:
             names = pd.Index(adata.obs_names)
+            if names.has_duplicates:
+                raise SCCBGMError(
+                    "adata.obs_names has duplicates, so cells cannot be selected by name; call "
+                    "adata.obs_names_make_unique() first, or select by position."
+                )
             pos = names.get_indexer(arr.astype(str).ravel())
             if (pos < 0).any():
                 missing = arr.astype(str).ravel()[pos < 0][:5].tolist()
@@ -56,6 +69,13 @@ def select_cells(adata: Any, cells: Any) -> np.ndarray:
             idx = pos
     if idx.size == 0:
         raise SCCBGMError("the selection is empty: no cells to process.")
+    if cells is not None and np.unique(idx).size != idx.size:
+        dup = pd.Index(adata.obs_names[idx])
+        example = dup[dup.duplicated()].unique()[:5].tolist()
+        raise SCCBGMError(
+            f"`cells` selects {idx.size - np.unique(idx).size} cell(s) more than once (e.g. {example}); "
+            "each cell can be edited once per call. Pass unique cells (e.g. pd.unique(cells))."
+        )
     return idx
 
 
@@ -77,11 +97,27 @@ def align_genes(adata: Any, genes: Sequence[str]) -> np.ndarray | None:
     return pos
 
 
-def model_matrix(model: Model, adata: Any, rows: np.ndarray, layer: str | None) -> Any:
-    """The selected cells x model genes (sparse stays sparse), validated against the model input."""
+def model_matrix(
+    model: Model, adata: Any, rows: np.ndarray, layer: str | None, *, output_genes: int = 0
+) -> Any:
+    """The selected cells x model genes (sparse stays sparse), validated against the model input.
+
+    Refuses (SCCBGMError) a call whose memory would exceed the available memory: the selected
+    rows' copy, the dense chunks streamed through them and, with ``output_genes`` G, the dense
+    (cells x G) float32 output of an edit.
+    """
     matrix = get_matrix(adata, layer)
+    n, g = rows.size, len(model.genes)
+    need = (matrix_bytes(matrix) * n / max(matrix.shape[0], 1) + min(n, CHUNK) * g * 8 * 6
+            + n * output_genes * 4)
+    require_memory(
+        need, f"processing {n:,} cells x {g:,} genes",
+        "process fewer cells per call (`cells=`), e.g. in batches of 50,000, and concatenate",
+    )
     cols = align_genes(adata, model.genes)
-    sub = matrix[rows] if cols is None else matrix[rows][:, cols]
+    sub = take_rows(matrix, rows)
+    if cols is not None:
+        sub = sub[:, cols]
     is_int = check_values(sub)
     if model.transform.input_kind == "counts" and not is_int:
         raise SCCBGMError(
@@ -154,12 +190,14 @@ def edit_cells(
     predict = Counterfactual(model, mode=mode, seed=seed, n_steps=n_steps)
     residual = model.default_residual if residual is None else bool(residual)
     rows = select_cells(adata, cells)
-    sub = model_matrix(model, adata, rows, layer)
+    sub = model_matrix(model, adata, rows, layer, output_genes=len(model.genes))
     n = rows.size
     spec, tr = model.spec, model.transform
     target, assigned = spec.target_values(set_, n)
     obs = adata.obs.iloc[rows]
-    observed, obs_mask = spec.encode(obs, require=False)
+    # a concept-bottleneck model abducts the concepts from expression, so a label it cannot encode
+    # (a category unseen at fit time) only counts as missing; label-conditioned models need it
+    observed, obs_mask = spec.encode(obs, require=False, unknown_as_missing="vae" in model.parts)
     # paper Sec. 2.4: a column already at its target (observed label) keeps c_hat; otherwise its
     # whole block is assigned (for a categorical column: the one-hot is swapped)
     for sl in spec.slices().values():
