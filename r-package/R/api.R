@@ -75,7 +75,9 @@ print.sccbgm_model <- function(x, ...) {
 #'
 #' The expression matrix (`layer`) holds raw counts (non-negative integers: library-size
 #' normalised and log1p-transformed inside) or log-normalised values (used as they are); which
-#' one is detected. The fit runs in Python ([sccbgm_available()]).
+#' one is detected. The fit runs in Python ([sccbgm_available()]). The matrix may be an
+#' in-memory `matrix` / `dgCMatrix` or a `DelayedArray` (e.g. an `HDF5Array` on disk), which
+#' crosses to Python in blocks of cells, never densified whole in R.
 #'
 #' @param object A `Seurat` or `SingleCellExperiment` object.
 #' @param concepts Character vector of cell metadata columns (Seurat `meta.data`, SCE `colData`)
