@@ -16,8 +16,8 @@ What each process does (W processes, rank r):
   ``m // W`` cells (at most W - 1 cells sit out that epoch). This is what
   ``torch.utils.data.DistributedSampler`` does, per minibatch instead of per epoch, so that the
   global batches are the single-process ones;
-* DDP averages the gradients over ranks: for the per-cell means of the objective (reconstruction,
-  KL, concept loss) the average of W rank means over equal slices is the mean over the global
+* DDP averages the gradients over ranks: for the per-cell means of the objective (reconstruction
+  and KL) the average of W rank means over equal slices is the mean over the global
   batch. The cross-covariance penalty (Eq. 8) is not a per-cell mean but a statistic of the
   minibatch: it is computed on the GLOBAL batch by gathering (c_hat, u) from every rank with the
   differentiable ``torch.distributed.nn.functional.all_gather`` (B x (K + d_u) numbers per step),
@@ -26,8 +26,8 @@ What each process does (W processes, rank r):
 * reparametrisation and dropout noise is drawn per rank (rank 0 keeps the seed's stream);
 * all ranks end with identical weights; :func:`sccbgm.save` writes on rank 0 only.
 
-Only the concept loss with missing labels differs from single process: each rank averages over
-its own labelled cells, so ranks with fewer labelled cells weigh those cells more.
+The concept loss (Eq. 7) averages over the cells that have a label: its count is summed over
+ranks (:func:`batch_mean`), so missing labels do not change the equivalence either.
 """
 
 from __future__ import annotations
@@ -165,6 +165,23 @@ def gather_batch(tensor: Any) -> Any:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor), dim=0)
+
+
+def batch_mean(total: Any, count: Any) -> Any:
+    """``total / count`` (0 when count is 0), a mean over the cells of the minibatch.
+
+    In the DDP training loop (:func:`gathering`) ``count`` is summed over ranks and the result
+    multiplied by W: DDP's average of the W rank gradients is then the gradient of the mean over
+    the global batch even when the ranks count different cells (e.g. labelled ones); the
+    average of the W values is the global mean. Every rank must call it (a collective).
+    """
+    import torch
+
+    if _GATHERING[0] and torch.is_grad_enabled():
+        count = count.detach().to(total.dtype).clone()
+        _dist().all_reduce(count)
+        return total * world_size() / count if bool(count > 0) else total * 0.0
+    return total / count if bool(count > 0) else total * 0.0
 
 
 def shutdown() -> None:

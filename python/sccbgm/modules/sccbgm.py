@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sccbgm.distributed import gather_batch
+from sccbgm.distributed import batch_mean, gather_batch
 from sccbgm.errors import SCCBGMError
 from sccbgm.modules._blocks import ResidualBlock, ResidualMLP
 from sccbgm.modules.cbgm import ConceptEmbeddingBottleneck, cosine_penalty, default_embedding_dim
@@ -128,16 +128,16 @@ def masked_concept_loss(
 ) -> torch.Tensor:
     """Paper Eq. 7: per cell, (1 / sum_k m_k) sum_k m_k loss_k (BCE binary, MSE continuous).
 
-    Averaged over the cells with at least one observed label; 0 when none has a label.
+    Averaged over the cells with at least one observed label; 0 when none has a label. Under DDP
+    training the count of such cells is the global batch's (:func:`sccbgm.distributed.batch_mean`).
     """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     mse = (c_hat - target) ** 2
     per = torch.where(is_binary, bce, mse) * mask
     n_obs = mask.sum(1)
     has = n_obs > 0
-    if not bool(has.any()):
-        return logits.new_zeros(())
-    return (per.sum(1)[has] / n_obs[has]).mean()
+    per_cell = per.sum(1)[has] / n_obs[has]
+    return batch_mean(per_cell.sum(), has.sum())
 
 
 class SkipDecoder(nn.Module):
