@@ -8,7 +8,7 @@ test toy data after 25 epochs), so the CPU preset uses concept_weight 1.0.
 
 The CPU preset's cross_cov_weight is 2.0 (paper: 0.5). Measured on the real Kang cells held out
 as in Table 1 (``sccbgm bench real``, one seed, rMMD of the residual edit; the mean-shift floor
-in brackets; an earlier gene selection than the README's final table, which uses 2.0): 0.5 -> CD14+Mono 2.70, FCGR3A+Mono 5.81 (3.15, 4.58: loses on FCGR3A+Mono);
+in brackets; an earlier gene selection than the final table of docs/real-data.md, which uses 2.0): 0.5 -> CD14+Mono 2.70, FCGR3A+Mono 5.81 (3.15, 4.58: loses on FCGR3A+Mono);
 2.0 -> 1.93, 3.83, B 0.24 (0.40), CD4T 0.42 (0.93); 5.0 -> 1.99, 3.40. With 0.5 the stimulation
 leaks into the unknown factors u and an edit of ``condition`` moves cells only part of the way.
 On the simulator (synthetic1, 3,000 cells, cell-level MSE of two tasks) 2.0 costs little

@@ -5,7 +5,7 @@ weighted total under ``"loss"``. The loop is deliberately plain (Adam + exponent
 epoch, as in paper D.4): the module can be wrapped in ``torch.nn.parallel.DistributedDataParallel``
 unchanged, since gradients flow through ``forward``; inside a torch.distributed process group
 :func:`train` does so (:mod:`sccbgm.distributed`). Its overhead against a bare loop is measured
-by ``python -m sccbgm.bench overhead`` (see README).
+by ``python -m sccbgm.bench overhead`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
