@@ -17,7 +17,7 @@ setup-r:
 	scripts/setup.sh r
 
 demo: setup-python
-	$(PY) -m sccbgm demo --out $(OUT)
+	$(PY) -m sccbgm demo --out $(OUT) --overwrite
 
 # the documentation site (docs/ + API pages from the docstrings), offline, strict -> out/docs/
 docs: setup-python

@@ -525,7 +525,10 @@ def edit(
     ``obs_names``, ``var_names``, ``obs`` (frame spec of the edited concept columns with their new
     values), ``edited_columns``, ``concept_names``, ``concepts_factual`` / ``concepts_edited``
     (n x K) and ``unknown`` (n x d_u) dense matrix specs, ``info`` (the scalar entries of
-    ``uns["sccbgm_edit"]``: residual, expression, ...).
+    ``uns["sccbgm_edit"]``: residual, expression, ...), and for an ensemble ``uncertainty``: the
+    layers ``edit_sd`` / ``edit_lower`` / ``edit_upper`` as dense matrix specs (cells x genes)
+    and ``uncertainty_info`` (the scalar entries of ``uns["sccbgm_edit"]["uncertainty"]``); both
+    None for a single model.
     """
     from sccbgm import api
 
@@ -574,6 +577,13 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str 
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
         "info": {k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
+        "uncertainty": {
+            key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64))
+            for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers
+        } or None,
+        "uncertainty_info": {
+            k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))
+        } or None,
     }
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 
-def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int = 0) -> Path:
-    """The end-to-end demo; returns the report path."""
+def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int = 0, n_members: int = 3) -> Path:
+    """The end-to-end demo; returns the report path. ``n_members`` > 1 fits an ensemble and
+    reports its per-cell uncertainty (docs/uncertainty.md)."""
     import sccbgm
     from sccbgm.bench import report
     from sccbgm.bench.synthetic import run_synthetic_task
@@ -35,7 +36,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
           f"{task.concept}=0 cells to 1", flush=True)
     # the simulator's concept activations depend on cell type (paper C.1), so the cross-covariance
     # penalty is lowered to the paper's 0.5 as the README advises for such concepts
-    fit_options = {"model": "sccbgm", "cross_cov_weight": 0.5}
+    fit_options = {"model": "sccbgm", "cross_cov_weight": 0.5, "n_members": n_members}
     res = run_synthetic_task(adata, task, models={"scCBGM": fit_options}, seed=seed)
     print("[3/4] evaluate against the true counterfactuals", flush=True)
     table = res.table
@@ -45,6 +46,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
     report.plot_errors(table, out / "errors.png")
     report.plot_embedding(res.train_pca, res.factual, res.truth, res.predictions, res.pca, out / "embedding.png")
     report.plot_history(model, out / "history.png")
+    uncertainty = _uncertainty_section(model, adata, task, seed, out) if model.n_members > 1 else []
     shown = table[["editor", "mse_genes", "mse_pca", "rmmd", "closest_training_population", "seconds"]]
     scores = report.markdown_table(shown, lower_is_better=("mse_genes", "mse_pca", "rmmd"))
     lines = [
@@ -74,6 +76,7 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
         "is the default\").", "",
         "![errors](errors.png)", "", "![embedding: PC1/PC2](embedding.png)", "",
         "![training history](history.png)", "",
+        *uncertainty,
         f"Files: `results.csv`, `model.sccbgm` (reload with `sccbgm.load`). Total time "
         f"{time.perf_counter() - t0:.0f} s.", "",
     ]
@@ -83,6 +86,46 @@ def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int 
     print(scores)
     print(f"\n{report.verdict(table, 'mse_genes')}\nwrote {path} ({time.perf_counter() - t0:.0f} s)")
     return path
+
+
+def _uncertainty_section(model: Any, adata: Any, task: Any, seed: int, out: Path) -> list[str]:
+    """Edit the held-out cells with the ensemble again, score its intervals against the true
+    counterfactuals, draw them; returns the report's lines."""
+    import numpy as np
+
+    import sccbgm
+    from sccbgm.bench import report
+    from sccbgm.simulation import intervention_split
+    from sccbgm.uncertainty import Z, calibration_scale, interval_coverage
+
+    split = intervention_split(adata, task, seed=seed)
+    edited = sccbgm.edit(model, split.intervene, {task.concept: 1})
+    tr = model.transform
+    factual = tr.lognorm(np.asarray(split.intervene.X, dtype=np.float64))
+    truth = tr.lognorm(np.asarray(split.test.X, dtype=np.float64))
+    x = np.asarray(edited.X, dtype=np.float64)
+    sd = np.asarray(edited.layers["edit_sd"], dtype=np.float64)
+    lower, upper = edited.layers["edit_lower"], edited.layers["edit_upper"]
+    coverage = interval_coverage(truth, lower, upper)
+    raw = interval_coverage(truth, np.clip(x - Z * sd, 0, None), x + Z * sd)
+    report.plot_uncertainty(factual, truth, x, lower, upper, out / "uncertainty.png",
+                            gene_names=list(edited.var_names), seed=seed)
+    return [
+        "## Per-cell uncertainty", "",
+        f"The model is an ensemble of {model.n_members} members (`sccbgm.fit(..., n_members="
+        f"{model.n_members})`); `edit` returns their mean and, per cell x gene, `layers['edit_sd']` "
+        "(the members' sd of the predicted change) and a 90% interval `layers['edit_lower']` / "
+        f"`['edit_upper']` = mean -/+ 1.645 x a x sd, with the calibration scale a = "
+        f"{calibration_scale(model):.2f} fitted on training cells without any counterfactual "
+        "(docs/uncertainty.md).", "",
+        f"Coverage of the true counterfactuals (fraction of the {truth.size:,} held-out cell x gene "
+        f"pairs inside the interval; target 90%): **{coverage:.1%}** calibrated, {raw:.1%} with the "
+        f"raw ensemble spread (a = 1). Median sd {np.median(sd):.4f}; median |error| of the mean "
+        f"edit {np.median(np.abs(truth - x)):.4f}. Below 90% means the intervals are too narrow: "
+        "the members share most of their error on cells the training data never showed in the "
+        "edited state (docs/uncertainty.md says what the interval does and does not cover).", "",
+        "![predicted vs true change with 90% intervals](uncertainty.png)", "",
+    ]
 
 
 def _strongest_task(adata: Any) -> Any:
@@ -194,79 +237,18 @@ def main(argv: list[str] | None = None) -> int:
 
     No failure prints a Python traceback: a user error (SCCBGMError, bad file, bad --set,
     existing output) is one line ``sccbgm: error: ...`` and exit code 2; an unexpected internal
-    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback).
+    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback). The same holds
+    for ``sccbgm bench ...``.
     """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        from sccbgm.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
-    d.add_argument("--out", default="out/demo", help="report folder (must be empty unless --overwrite)")
-    d.add_argument("--cells", type=int, default=4000)
-    d.add_argument("--genes", type=int, default=500)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-    sub.add_parser("bench", help="benchmarks (see `sccbgm bench --help`)")
-    f = sub.add_parser("fit", help="fit a model on an .h5ad file")
-    f.add_argument("h5ad")
-    f.add_argument("--concepts", nargs="+", required=True)
-    f.add_argument("--model", default="sccbgm")
-    f.add_argument("--preset", default="cpu")
-    f.add_argument("--epochs", type=int)
-    f.add_argument("--layer")
-    f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--options", default="{}",
-                   help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
-    f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
-                   help="DDP training (default: when launched by torchrun; docs/distributed.md)")
-    f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
-    f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
-    e.add_argument("h5ad")
-    e.add_argument("--model", required=True)
-    e.add_argument("--set", required=True, help='JSON, e.g. \'{"stim": "STIM"}\'')
-    e.add_argument("--layer")
-    e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
-    e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    args = parser.parse_args(argv)
-
     from sccbgm.errors import SCCBGMError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if args.command == "demo":
-            _check_output(args.out, [], args.overwrite, folder=True)
-            demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
-        elif args.command == "fit":
-            data = _input_file(args.h5ad, "input file")
-            out = _check_output(args.out, [data], args.overwrite)
-            import sccbgm
-            from sccbgm import distributed
+        if argv and argv[0] == "bench":
+            from sccbgm.bench import main as bench_main
 
-            opts = _json_options(args.options)
-            if args.epochs is not None:
-                opts["epochs"] = args.epochs
-            model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
-                               layer=args.layer, seed=args.seed, distributed=args.distributed, **opts)
-            sccbgm.save(model, out)
-            if distributed.rank() == 0:
-                print(f"{model}\nwrote {out}")
-            distributed.shutdown()
-        elif args.command == "edit":
-            data = _input_file(args.h5ad, "input file")
-            model_path = _input_file(args.model, "model file")
-            out = _check_output(args.out, [data, model_path], args.overwrite)
-            set_ = _parse_set(args.set)
-            import sccbgm
-
-            model = sccbgm.load(model_path)
-            edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
-                                 residual=False if args.decoder_output else None)
-            _write_h5ad_atomic(edited, out)
-            print(f"edited {edited.n_obs} cells; wrote {out}")
+            return bench_main(argv[1:])
+        return _run(argv)
     except (SCCBGMError, UsageError) as err:
         print(f"sccbgm: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -282,6 +264,76 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sccbgm: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
               "(rerun with SCCBGM_DEBUG=1 for the traceback).", file=sys.stderr)
         return 1
+
+
+def _run(argv: list[str]) -> int:
+    """Parse ``argv`` and run demo / fit / edit (errors are turned into exit codes by main)."""
+    parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
+    d.add_argument("--out", default="out/demo", help="report folder (must be empty unless --overwrite)")
+    d.add_argument("--cells", type=int, default=4000)
+    d.add_argument("--genes", type=int, default=500)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--members", type=int, default=3, help="ensemble size (1: no uncertainty section)")
+    d.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+    sub.add_parser("bench", help="benchmarks (see `sccbgm bench --help`)")
+    f = sub.add_parser("fit", help="fit a model on an .h5ad file")
+    f.add_argument("h5ad")
+    f.add_argument("--concepts", nargs="+", required=True)
+    f.add_argument("--model", default="sccbgm")
+    f.add_argument("--preset", default="cpu")
+    f.add_argument("--epochs", type=int)
+    f.add_argument("--layer")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--members", type=int, default=1,
+                   help="ensemble size; > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
+    f.add_argument("--options", default="{}",
+                   help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
+    f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="DDP training (default: when launched by torchrun; docs/distributed.md)")
+    f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
+    e.add_argument("h5ad")
+    e.add_argument("--model", required=True)
+    e.add_argument("--set", required=True, help='JSON, e.g. \'{"stim": "STIM"}\'')
+    e.add_argument("--layer")
+    e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
+    e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        _check_output(args.out, [], args.overwrite, folder=True)
+        demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed, n_members=args.members)
+    elif args.command == "fit":
+        data = _input_file(args.h5ad, "input file")
+        out = _check_output(args.out, [data], args.overwrite)
+        import sccbgm
+        from sccbgm import distributed
+
+        opts = _json_options(args.options)
+        if args.epochs is not None:
+            opts["epochs"] = args.epochs
+        model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
+                           layer=args.layer, seed=args.seed, n_members=args.members,
+                           distributed=args.distributed, **opts)
+        sccbgm.save(model, out)
+        if distributed.rank() == 0:
+            print(f"{model}\nwrote {out}")
+        distributed.shutdown()
+    elif args.command == "edit":
+        data = _input_file(args.h5ad, "input file")
+        model_path = _input_file(args.model, "model file")
+        out = _check_output(args.out, [data, model_path], args.overwrite)
+        set_ = _parse_set(args.set)
+        import sccbgm
+
+        model = sccbgm.load(model_path)
+        edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
+                             residual=False if args.decoder_output else None)
+        _write_h5ad_atomic(edited, out)
+        print(f"edited {edited.n_obs} cells; wrote {out}")
     return 0
 
 

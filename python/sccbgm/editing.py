@@ -4,7 +4,9 @@
 2. Action: on the concept dimensions named in ``set``, c_hat_k <- c'_k. Following the paper, a
    cell whose observed label already equals the target keeps c_hat for that column; otherwise the
    column's whole block is assigned (a categorical column's one-hot is swapped). Where the label
-   is missing, or the concept column is absent from ``adata.obs``, the block is assigned.
+   is missing, or the concept column is absent from ``adata.obs``, the block is assigned. A label a
+   concept-bottleneck model cannot encode (a category unseen at fit time) counts as missing: the
+   model abducts the concepts from expression, so it does not block the edit.
 3. Prediction: x_hat' = D([u, c_hat']) in the model's input space, mapped back to genes.
 
 Two outputs in gene space (log-normalised), chosen by ``residual``:
@@ -37,6 +39,7 @@ from sccbgm.data import (
 )
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
+from sccbgm.uncertainty import LAYERS, edit_metadata, interval_half_width
 
 
 def select_cells(adata: Any, cells: Any) -> np.ndarray:
@@ -149,12 +152,19 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer)
     tr = model.transform
-    parts: dict[str, list[np.ndarray]] = {"concepts": [], "unknown": [], "latent": []}
+    parts: dict[str, list[np.ndarray]] = {"concepts": [], "concepts_sd": [], "unknown": [], "latent": []}
+    members = [model.member(m) for m in range(model.n_members)]
     for _, block in tr.iter_chunks(sub, np.arange(sub.shape[0])):
-        out = _abduct(model, tr.features(block))
-        for k in parts:
-            parts[k].append(out[k])
-    res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
+        feats = tr.features(block)
+        outs = [_abduct(member, feats) for member in members]
+        chats = np.stack([o["concepts"] for o in outs])
+        parts["concepts"].append(chats.mean(axis=0))
+        if len(members) > 1:
+            parts["concepts_sd"].append(chats.std(axis=0, ddof=1))
+        # member 1's u and z: the members' latent spaces are not aligned, so no average of them
+        parts["unknown"].append(outs[0]["unknown"])
+        parts["latent"].append(outs[0]["latent"])
+    res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items() if v}
     enc = ad.AnnData(
         X=res["concepts"],
         obs=pd.DataFrame(index=pd.Index(adata.obs_names[rows].astype(str), name=None)),
@@ -162,7 +172,11 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     )
     enc.obsm["X_unknown"] = res["unknown"]
     enc.obsm["X_latent"] = res["latent"]
-    enc.uns["sccbgm_encode"] = {"concepts": model.concepts, "concept_names": model.concept_names}
+    if "concepts_sd" in res:
+        enc.layers["concepts_sd"] = res["concepts_sd"]
+    enc.uns["sccbgm_encode"] = {
+        "concepts": model.concepts, "concept_names": model.concept_names, "n_members": model.n_members,
+    }
     return enc
 
 
@@ -185,9 +199,7 @@ def edit_cells(
     """
     import anndata as ad
 
-    from sccbgm.flows import Counterfactual
-
-    predict = Counterfactual(model, mode=mode, seed=seed, n_steps=n_steps)
+    predictors = _member_predictors(model, mode, seed, n_steps)
     residual = model.default_residual if residual is None else bool(residual)
     rows = select_cells(adata, cells)
     sub = model_matrix(model, adata, rows, layer, output_genes=len(model.genes))
@@ -204,22 +216,40 @@ def edit_cells(
         same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
         assigned[same, sl] = False
 
+    n_members = len(predictors)
     out = np.empty((n, len(tr.genes)), dtype=np.float32)
-    c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
-    c_edit = np.empty_like(c_fact)
+    layers = {key: np.empty_like(out) for key in LAYERS} if n_members > 1 else {}
+    half_width = interval_half_width(model)
+    c_fact = np.zeros((n, spec.n_concepts), dtype=np.float32)
+    c_edit = np.zeros_like(c_fact)
     unknown, noise = [], []
     for s in range(0, n, CHUNK):
         sl = slice(s, min(s + CHUNK, n))
         x_log = tr.lognorm(dense_rows(sub, sl))
-        pred = predict(tr.features(x_log), observed[sl], obs_mask[sl], target[sl], assigned[sl], residual)
-        x_new = tr.to_genes(pred.edited)
-        if residual:
-            x_new = x_log + x_new - tr.to_genes(pred.factual)
-        out[sl] = np.clip(x_new, 0.0, None)
-        c_fact[sl], c_edit[sl] = pred.concepts_factual, pred.concepts_edited
-        unknown.append(pred.unknown)
-        if pred.noise is not None:
-            noise.append(pred.noise)
+        feats = tr.features(x_log)
+        mean = np.zeros_like(x_log)
+        sq_dev = np.zeros_like(x_log)
+        for m, predict in enumerate(predictors):
+            pred = predict(feats, observed[sl], obs_mask[sl], target[sl], assigned[sl], residual)
+            x_new = tr.to_genes(pred.edited)
+            if residual:
+                x_new = x_log + x_new - tr.to_genes(pred.factual)
+            # Welford: running mean and sum of squared deviations over the members
+            delta = x_new - mean
+            mean += delta / (m + 1)
+            sq_dev += delta * (x_new - mean)
+            c_fact[sl] += pred.concepts_factual / n_members
+            c_edit[sl] += pred.concepts_edited / n_members
+            if m == 0:
+                unknown.append(pred.unknown)
+                if pred.noise is not None:
+                    noise.append(pred.noise)
+        out[sl] = np.clip(mean, 0.0, None)
+        if layers:
+            sd = np.sqrt(sq_dev / (n_members - 1))
+            layers["edit_sd"][sl] = sd
+            layers["edit_lower"][sl] = np.clip(mean - half_width * sd, 0.0, None)
+            layers["edit_upper"][sl] = np.clip(mean + half_width * sd, 0.0, None)
 
     new_obs = obs.copy()
     slices = spec.slices()
@@ -235,6 +265,7 @@ def edit_cells(
             new_obs[name] = values
     var = adata.var.loc[model.genes].copy() if set(model.genes) <= set(adata.var_names) else None
     edited = ad.AnnData(X=out, obs=new_obs, var=var if var is not None else pd.DataFrame(index=model.genes))
+    edited.layers.update(layers)
     edited.obsm["X_concepts_factual"] = c_fact
     edited.obsm["X_concepts_edited"] = c_edit
     edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
@@ -247,9 +278,27 @@ def edit_cells(
         "residual": residual,
         "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
         "target_sum": tr.target_sum,
-        **predict.metadata(),
+        **predictors[0].metadata(),
     }
+    if n_members > 1:
+        edited.uns["sccbgm_edit"]["n_members"] = n_members
+        if predictors[0].seed is not None:
+            edited.uns["sccbgm_edit"]["member_seeds"] = [p.seed for p in predictors]
+        edited.uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model)
     return edited
+
+
+def _member_predictors(model: Model, mode: str | None, seed: int | None, n_steps: int | None) -> list[Any]:
+    """One :class:`~sccbgm.flows.Counterfactual` per ensemble member (decode seeds: seed + m)."""
+    from sccbgm.flows import Counterfactual
+
+    first = Counterfactual(model.member(0), mode=mode, seed=seed, n_steps=n_steps)
+    others = [
+        Counterfactual(model.member(m), mode=mode, n_steps=n_steps,
+                       seed=None if first.seed is None else first.seed + m)
+        for m in range(1, model.n_members)
+    ]
+    return [first, *others]
 
 
 def _jsonable(value: Any) -> Any:

@@ -51,7 +51,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """"auto"/None -> CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SCCBGMError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), not {device!r}.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SCCBGMError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), not {device!r}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SCCBGMError("device='cuda' requested but CUDA is not available; use device='cpu'.")
     return dev
@@ -66,10 +71,15 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
     busy 2-core machine), hence the override.
     """
     if n is None and os.environ.get("SCCBGM_NUM_THREADS"):
-        n = int(os.environ["SCCBGM_NUM_THREADS"])
+        try:
+            n = int(os.environ["SCCBGM_NUM_THREADS"])
+        except ValueError:
+            raise SCCBGMError(
+                f"SCCBGM_NUM_THREADS must be a whole number, not {os.environ['SCCBGM_NUM_THREADS']!r}."
+            ) from None
     before = torch.get_num_threads()
     if n is not None:
-        if n < 1:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SCCBGMError(f"num_threads must be >= 1, not {n}.")
         torch.set_num_threads(n)
     try:

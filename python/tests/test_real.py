@@ -123,3 +123,36 @@ def test_bench_real_rejects_unknown_tasks_and_models(kang_bench, tmp_path):
         real.run_real(*args, models=["scgen"])
     with pytest.raises(SCCBGMError, match="no such file"):
         real.run_real(tmp_path / "absent.h5ad", data / "kang2018_tasks.json", tmp_path)
+
+
+def test_every_bench_output_is_scored_as_labelled(toy):
+    """"(decoder output)" / "(decode)" / "(edit)" rows are the paper's outputs (residual=False),
+    bare names the package's residual default: each row equals sccbgm.edit called as its label
+    says, and the decode row differs from the residual-preserving decode it once was."""
+    import sccbgm
+
+    train, source = toy[:600].copy(), toy[900:960].copy()
+    base = sccbgm.fit(train, ["stim"], seed=0, hidden_dim=32, epochs=3, progress=False)
+    flow = sccbgm.fit(train, ["stim"], model="sccbgm-fm", base=base, seed=0, flow_hidden_dim=32,
+                      flow_epochs=3, progress=False)
+    models = {"sccbgm": base, "sccbgm-fm": flow}
+    labels = ["scCBGM", "scCBGM (decoder output)", "scCBGM-FM (edit)", "scCBGM-FM (decode)"]
+    got = real.edit_all(models, source, {"stim": 1}, labels, seed=5)
+
+    def edit(model, **kw):
+        return np.asarray(sccbgm.edit(model, source, {"stim": 1}, **kw).X, dtype=np.float64)
+
+    want = {
+        "scCBGM": edit(base, residual=True),
+        "scCBGM (decoder output)": edit(base, residual=False),
+        "scCBGM-FM (edit)": edit(flow, mode="edit", residual=False),
+        "scCBGM-FM (decode)": edit(flow, mode="decode", seed=5, residual=False),
+    }
+    for label in labels:
+        np.testing.assert_array_equal(got[label], want[label], err_msg=label)
+    residual_decode = edit(flow, mode="decode", seed=5, residual=True)
+    assert np.abs(got["scCBGM-FM (decode)"] - residual_decode).mean() > 0.01
+    for label, (_, kw) in real.EDITORS.items():
+        assert "residual" in kw, label
+        paper_output = "decode" in label or "decoder" in label or "(edit)" in label
+        assert kw["residual"] is not paper_output, label

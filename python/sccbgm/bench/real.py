@@ -7,9 +7,12 @@ every task and seed:
 1. trains every in-package model on the cells *not* matched by ``holdout`` with the concept
    columns of the tasks file (``X`` = log-normalised expression, so every output is in the
    space of the prepared file);
-2. edits the ``source`` cells with the concept values in ``set`` (scCBGM both ways: the
-   residual-preserving default and the decoder output; flow models in ``edit`` and ``decode``
-   mode);
+2. edits the ``source`` cells with the concept values in ``set``, each output scored as labelled
+   (:data:`EDITORS`): a bare model name is the package's default, residual-preserving output;
+   "(decoder output)" is the paper's decoder output (``residual=False``); flow models' "(edit)"
+   and "(decode)" are the paper's flow outputs in that mode (``residual=False``: the flow's own
+   prediction; in edit mode this equals the residual default up to the inversion round-trip
+   error, in decode mode it is the fresh-noise sample the paper scores);
 3. adds the two trivial editors every model must beat: *no edit*, and the *mean shift seen in the
    other groups* (mean(target side) - mean(source side) of the training cells of every other
    group, averaged, clipped at 0; the group is the selector column source and target share,
@@ -52,19 +55,20 @@ ALL_GROUPS = "(all)"
 METRICS = ("rmmd", "rfid", "rsd", "mean_dist", "delta_r", "knn_acc")
 LOWER_IS_BETTER = ("rmmd", "rfid", "rsd", "mean_dist")
 
-# label -> (model key of sccbgm.fit, edit keyword arguments); flows and CVAE-FM reuse the fitted
-# scCBGM / CVAE of the same task and seed as their base.
+# label -> (model key of sccbgm.fit, edit keyword arguments, always with an explicit `residual`
+# so that a row is the output its label names); flows and CVAE-FM reuse the fitted scCBGM / CVAE
+# of the same task and seed as their base.
 EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
     "scCBGM": ("sccbgm", {"residual": True}),
     "scCBGM (decoder output)": ("sccbgm", {"residual": False}),
-    "scCBGM-FM (edit)": ("sccbgm-fm", {"mode": "edit"}),
-    "scCBGM-FM (decode)": ("sccbgm-fm", {"mode": "decode"}),
-    "vanilla-FM (edit)": ("vanilla-fm", {"mode": "edit"}),
-    "vanilla-FM (decode)": ("vanilla-fm", {"mode": "decode"}),
-    "CVAE": ("cvae", {}),
-    "CVAE-FM (edit)": ("cvae-fm", {"mode": "edit"}),
-    "CVAE-FM (decode)": ("cvae-fm", {"mode": "decode"}),
-    "CBGM": ("cbgm", {}),
+    "scCBGM-FM (edit)": ("sccbgm-fm", {"mode": "edit", "residual": False}),
+    "scCBGM-FM (decode)": ("sccbgm-fm", {"mode": "decode", "residual": False}),
+    "vanilla-FM (edit)": ("vanilla-fm", {"mode": "edit", "residual": False}),
+    "vanilla-FM (decode)": ("vanilla-fm", {"mode": "decode", "residual": False}),
+    "CVAE": ("cvae", {"residual": True}),
+    "CVAE-FM (edit)": ("cvae-fm", {"mode": "edit", "residual": False}),
+    "CVAE-FM (decode)": ("cvae-fm", {"mode": "decode", "residual": False}),
+    "CBGM": ("cbgm", {"residual": True}),
 }
 MODEL_KEYS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 
