@@ -1,4 +1,5 @@
-"""Command line: ``sccbgm demo``, ``sccbgm bench ...``, ``sccbgm fit``, ``sccbgm edit``.
+"""Command line: ``sccbgm demo``, ``sccbgm bench ...``, ``sccbgm fit``, ``sccbgm edit``, and the
+tools ``sccbgm validate``, ``sccbgm sweep``, ``sccbgm search`` (:mod:`sccbgm.tools`).
 
 ``sccbgm demo --out DIR`` runs the main job end to end on an embedded default: simulate a data
 set with ground-truth counterfactuals -> fit scCBGM on an intervention split -> edit the held-out
@@ -232,6 +233,111 @@ def _json_options(text: str) -> dict[str, Any]:
     return opts
 
 
+def _json_mapping(text: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"{option} is not valid JSON ({err.msg} at character {err.pos}): {text!r}; write e.g. "
+            f'{option} \'{{"condition": "stim"}}\'.'
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f'{option} must be a non-empty JSON object {{"column": value}}, not {text!r}.')
+    return value
+
+
+def _value(text: str) -> Any:
+    """A swept value from the command line: a number when it parses as one, else the string."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _add_tool_parsers(sub: Any) -> None:
+    v = sub.add_parser("validate", help="trust report: per group, hold the edited cells out, fit, edit, "
+                                        "compare with the real cells and the trivial floors")
+    v.add_argument("h5ad")
+    v.add_argument("--concepts", nargs="+", required=True)
+    v.add_argument("--edit", required=True, help='JSON, e.g. \'{"condition": "stim"}\'')
+    v.add_argument("--group", required=True, help="obs column validated one value at a time, e.g. cell_type")
+    v.add_argument("--source", help="JSON {column: source value} (default: the one other value)")
+    v.add_argument("--groups", nargs="+", help="only these group values")
+    v.add_argument("--min-cells", type=int, default=10)
+    s = sub.add_parser("sweep", help="dose response: edit the cells to each value of a concept")
+    s.add_argument("h5ad")
+    s.add_argument("--model", required=True, help="model file (sccbgm fit --out)")
+    s.add_argument("--concept", required=True)
+    s.add_argument("--values", nargs="+", required=True, help="values of the concept (numbers or categories)")
+    s.add_argument("--group", help="obs column: one curve per value")
+    s.add_argument("--cells", help='JSON selector of the cells to edit, e.g. \'{"condition": "ctrl"}\'')
+    s.add_argument("--n-top", type=int, default=10)
+    q = sub.add_parser("search", help="rank pathway edits that move source cells toward target cells (paper 5.3)")
+    q.add_argument("h5ad")
+    q.add_argument("--source", required=True, help='JSON selector, e.g. \'{"condition": "ctrl"}\'')
+    q.add_argument("--target", required=True, help="JSON selector of the target cells")
+    q.add_argument("--concepts", nargs="*", default=[], help="further concept columns, e.g. cell_type")
+    q.add_argument("--organism", default="human")
+    q.add_argument("--weights", help="PROGENy weights CSV (source,target,weight)")
+    q.add_argument("--n-pathways", type=int, default=5)
+    q.add_argument("--n-combine", type=int, default=3)
+    for p in (v, q):
+        p.add_argument("--epochs", type=int)
+        p.add_argument("--seed", type=int, default=0)
+    for p in (v, s, q):
+        p.add_argument("--layer")
+        p.add_argument("--out", required=True, help="output folder (CSV table + PNG plot); new or empty unless --overwrite")
+        p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
+
+
+def _run_tool(args: Any) -> None:
+    import sccbgm
+
+    data = _input_file(args.h5ad, "input file")
+    model_path = _input_file(args.model, "model file") if args.command == "sweep" else None
+    out = _check_output(args.out, [data] + ([model_path] if model_path else []), args.overwrite, folder=True)
+    fit = {"epochs": args.epochs} if getattr(args, "epochs", None) is not None else {}
+    if args.command == "validate":
+        edit = _json_mapping(args.edit, "--edit")
+        source = _json_mapping(args.source, "--source") if args.source else None
+        adata = _read_h5ad(data)
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.validate(adata, args.concepts, edit, args.group, source=source,
+                                groups=args.groups, min_cells=args.min_cells, layer=args.layer, seed=args.seed,
+                                plot=out / "validation.png", **fit)
+        table.to_csv(out / "validation.csv", index=False)
+        print(table.attrs["verdict"])
+        print(f"wrote {out / 'validation.csv'} and {out / 'validation.png'}")
+    elif args.command == "sweep":
+        selector = _json_mapping(args.cells, "--cells") if args.cells else None
+        model = sccbgm.load(model_path)
+        adata = _read_h5ad(data)
+        cells = None
+        if selector:
+            from sccbgm.datasets import select_cells
+
+            cells = select_cells(adata.obs, selector)
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.sweep(model, adata, args.concept, [_value(v) for v in args.values], group=args.group,
+                             cells=cells, layer=args.layer, n_top=args.n_top, plot=out / "sweep.png")
+        table.to_csv(out / "sweep.csv", index=False)
+        print(f"most responsive genes: {', '.join(table.attrs['top_genes'])}")
+        print(f"wrote {out / 'sweep.csv'} and {out / 'sweep.png'}")
+    else:
+        source, target = _json_mapping(args.source, "--source"), _json_mapping(args.target, "--target")
+        adata = _read_h5ad(data)
+        out.mkdir(parents=True, exist_ok=True)
+        table = sccbgm.search_concepts(adata, source, target, concepts=args.concepts, organism=args.organism,
+                                       weights=args.weights, n_pathways=args.n_pathways, n_combine=args.n_combine,
+                                       layer=args.layer, seed=args.seed, plot=out / "search.png", **fit)
+        table.to_csv(out / "search.csv", index=False)
+        table.attrs["separation"].to_csv(out / "separation.csv", index=False)
+        sccbgm.save(table.attrs["model"], out / "model.sccbgm")
+        print(table.attrs["report"])
+        print(f"wrote {out / 'search.csv'}, {out / 'separation.csv'}, {out / 'search.png'} and "
+              f"{out / 'model.sccbgm'} (its pathway concepts can be swept with `sccbgm sweep`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 1 internal error).
 
@@ -267,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    """Parse ``argv`` and run demo / fit / edit (errors are turned into exit codes by main)."""
+    """Parse ``argv`` and run demo / fit / edit / validate / sweep / search (errors are turned into
+    exit codes by main)."""
     parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
@@ -302,6 +409,7 @@ def _run(argv: list[str]) -> int:
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
     e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    _add_tool_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "demo":
         _check_output(args.out, [], args.overwrite, folder=True)
@@ -334,6 +442,8 @@ def _run(argv: list[str]) -> int:
                              residual=False if args.decoder_output else None)
         _write_h5ad_atomic(edited, out)
         print(f"edited {edited.n_obs} cells; wrote {out}")
+    elif args.command in ("validate", "sweep", "search"):
+        _run_tool(args)
     return 0
 
 
