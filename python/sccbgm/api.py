@@ -22,7 +22,7 @@ MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 _MODULE_OPTIONS = {
     "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
     "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
-    "concept_embedding_dim",
+    "concept_embedding_dim", "reconstruction",
 }
 _CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
@@ -75,7 +75,7 @@ def fit(
     model: str = "sccbgm",
     base: Model | None = None,
     seed: int | None = None,
-    n_members: int = 1,
+    n_members: int | None = None,
     layer: str | None = None,
     preset: str = "cpu",
     representation: str = "pca",
@@ -115,7 +115,9 @@ def fit(
         Seeds weight initialisation and minibatch order; the same seed gives the same model on CPU.
         Ensemble member m (1..K) uses ``seed + m - 1``.
     n_members
-        Ensemble size K. K > 1 trains K members that share the input transform and concepts and
+        Ensemble size K; None: the preset's (``"cpu"``: 2 for ``model="sccbgm"``, chosen by
+        ``sccbgm bench validate`` (docs/validation.md), 1 for every other model; ``"paper"``: 1).
+        K > 1 trains K members that share the input transform and concepts and
         differ in their seed; :func:`edit` then returns their mean edit and per-cell uncertainty
         (``docs/uncertainty.md``). Costs K times the fit time. ``"sccbgm-fm"``: each member is its
         own scCBGM + flow (with ``base``: member m's flow conditions on the base's member m, or
@@ -152,7 +154,8 @@ def fit(
         orthogonality loss is active), ``kl_weight`` beta, and the ablation switches ``skip``
         (decoder skip connections), ``orthogonality`` ("cross_cov" | "cosine" | "none"),
         ``variational`` (False: the autoencoder ablation), ``bottleneck`` ("cbm" | "cem"),
-        ``concept_embedding_dim`` (CEM width m)); the CVAE takes ``hidden_dim``, ``n_layers``,
+        ``concept_embedding_dim`` (CEM width m), ``reconstruction`` ("mean" over input features or
+        "sum")); the CVAE takes ``hidden_dim``, ``n_layers``,
         ``latent_dim``, ``dropout``, ``kl_weight``, ``skip`` and ``variational``. Training
         options (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
         ``grad_clip``). Flow models add ``flow_hidden_dim``, ``flow_n_layers``,
@@ -199,6 +202,9 @@ def fit(
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
         raise SCCBGMError(f"need at least 10 training cells, got {adata.n_obs}.")
+    cfg = get_preset(preset)
+    if n_members is None:
+        n_members = int(cfg.get("n_members", {}).get(model, 1)) if base is None else base.n_members
     if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 1:
         raise SCCBGMError(f"n_members must be a positive integer, not {n_members!r}.")
     if base is not None and base.n_members not in (1, n_members):
@@ -206,7 +212,6 @@ def fit(
             f"`base` is an ensemble of {base.n_members} members; fit the flow with n_members="
             f"{base.n_members} (one flow per base member) or pass a single base model."
         )
-    cfg = get_preset(preset)
     cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
     cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
     cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in _FLOW_MODULE_OPTIONS})
@@ -439,8 +444,25 @@ def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, p
         return {"x": torch.from_numpy(data.inputs(rows)).to(dev), "concepts": concepts_t[rows], "mask": mask_t[rows]}
 
     history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM" + tag)
+    _set_unknown_shift(vae, data, concepts_t, mask_t, dev)
     return Model(name=record["model"], spec=spec, transform=transform, parts={"vae": vae}, options=record,
                  history={"vae": history})
+
+
+def _set_unknown_shift(vae: Any, data: Any, values: Any, mask: Any, dev: Any) -> None:
+    """Store B_u, the linear leakage of the concepts into u on the training cells (see
+    :func:`sccbgm.modules.sccbgm.estimate_unknown_shift`), for ``edit(..., shift_unknown=True)``."""
+    import torch
+
+    from sccbgm.modules.sccbgm import estimate_unknown_shift
+
+    vae.eval()
+    us = []
+    with torch.no_grad():
+        for s in range(0, data.n_cells, 4096):
+            rows = np.arange(s, min(s + 4096, data.n_cells))
+            us.append(vae.abduct(torch.from_numpy(data.inputs(rows)).to(dev))["unknown"])
+        vae.unknown_shift.copy_(estimate_unknown_shift(torch.cat(us), values, mask).to(dev))
 
 
 def edit(
@@ -454,6 +476,8 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    count_edit: str | None = "auto",
+    shift_unknown: bool | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -488,6 +512,20 @@ def edit(
         Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
     n_steps
         Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
+    count_edit
+        Models fitted on raw counts: ``"sample"`` applies the model's predicted rate ratio to
+        each cell's own counts through a Poisson likelihood (thinning where the rate falls,
+        added Poisson counts where it rises, so zeros and detection rates change) and
+        re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
+        sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
+        (default): ``"mean"`` for a scCBGM (``model="sccbgm"``) fitted on counts with the
+        residual output, else None.
+        Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
+    shift_unknown
+        Concept-bottleneck models: also move the unknown factors u by as much as they varied with
+        the edited concepts on the training cells (a linear correction of concept leakage into
+        u, stored at fit time). False: u is kept as abducted (the paper). None (default): True
+        (chosen on held-out cells, docs/validation.md).
 
     Returns
     -------
@@ -501,7 +539,8 @@ def edit(
     never modified.
 
     An ensemble (``sccbgm.fit(..., n_members=K)``, K > 1) edits with every member: X = the mean
-    of the members' edited expression (clipped at 0); ``layers["edit_sd"]`` = the sd (ddof 1)
+    of the members' edited expression (clipped at 0; with the count-space edit, one count edit
+    with the members' mean log rate ratio, as validated in docs/validation.md); ``layers["edit_sd"]`` = the sd (ddof 1)
     over members of the predicted change per cell x gene; ``layers["edit_lower"]`` /
     ``layers["edit_upper"]`` = X -/+ z_0.95 * a * edit_sd (clipped at 0), a 90% interval with
     the model's calibration scale a (``docs/uncertainty.md``); obsm concepts are the members'
@@ -515,7 +554,8 @@ def edit(
     _check_adata(adata)
     with torch_threads(None):
         return edit_cells(
-            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps
+            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
+            count_edit=count_edit, shift_unknown=shift_unknown,
         )
 
 

@@ -393,8 +393,8 @@ def _run(argv: list[str]) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--members", type=int, default=1,
-                   help="ensemble size; > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
+    f.add_argument("--members", type=int, default=None,
+                   help="ensemble size (default: the preset's, 2 for sccbgm on the cpu preset); > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
     f.add_argument("--options", default="{}",
                    help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
     f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,

@@ -186,7 +186,8 @@ def test_every_model_edits_through_the_same_api(split, models, name):
     assert {key: edited.obsm[key].shape for key in edited.obsm} == expected
     assert (edited.obsm["X_concepts_edited"][:, 0] == 1).all()
     meta = edited.uns["sccbgm_edit"]
-    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode"}
+    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode", "count_edit",
+                 "shift_unknown"}
     assert set(meta) == base_keys | ({"solver", "n_steps"} if is_flow else set())
     assert meta["model"] == name and meta["set"] == {"stim": 1} and meta["residual"] is True
     assert meta["mode"] == ("edit" if is_flow else "abduction")
