@@ -589,14 +589,27 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str 
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
         "info": {k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
-        "uncertainty": {
-            key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64))
-            for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers
-        } or None,
+        "uncertainty": _uncertainty_specs(result, x_file),
         "uncertainty_info": {
             k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))
         } or None,
     }
+
+
+def _uncertainty_specs(result: Any, x_file: str | None) -> Spec | None:
+    """The ensemble's per-cell uncertainty layers: dense specs, or with ``x_file`` "h5ad" specs
+    of the file's ``layers/<key>`` datasets (R reads them HDF5-backed, like X)."""
+    keys = [key for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers]
+    if x_file is None:
+        return {key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64)) for key in keys} or None
+    import h5py
+
+    shape = [int(result.n_obs), int(result.n_vars)]
+    with h5py.File(x_file, "r") as f:
+        for key in keys:
+            if not isinstance(f.get(f"layers/{key}"), h5py.Dataset):
+                raise SCCBGMError(f"layer {key!r} of {x_file!r} is not a dense HDF5 dataset.")
+    return {key: {"kind": "h5ad", "shape": shape, "path": x_file, "dataset": f"layers/{key}"} for key in keys} or None
 
 
 def encode(model: Any, spec: Mapping[str, Any], *, cells: Any = None) -> Spec:

@@ -270,7 +270,12 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   }
   object <- .add_expression(object, name, m)
   for (layer_name in names(res$uncertainty)) {
-    u <- .matrix_from_spec(res$uncertainty[[layer_name]], rownames = genes, colnames = out_cells)
+    u_spec <- res$uncertainty[[layer_name]]
+    u <- if (identical(u_spec$kind, "h5ad")) {
+      .h5ad_matrix(u_spec, rownames = genes, colnames = out_cells)
+    } else {
+      .matrix_from_spec(u_spec, rownames = genes, colnames = out_cells)
+    }
     object <- .add_expression(object, name, u, layer_name)
   }
   object <- .add_embedding(object, paste0(name, "_concepts"),

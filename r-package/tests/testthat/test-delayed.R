@@ -58,6 +58,14 @@ test_that("a backed edit is an HDF5-backed DelayedArray equal to the in-memory e
   expect_identical(normalizePath(DelayedArray::path(m)), normalizePath(out))
   expect_identical(dimnames(m), dimnames(sce))
   expect_identical(S4Vectors::metadata(edited)$sccbgm$file, normalizePath(out))
+  # an ensemble's uncertainty layers are HDF5-backed too (the cpu preset fits 2 members)
+  sd_assays <- grep("_edit_sd$", SummarizedExperiment::assayNames(edited), value = TRUE)
+  expect_identical(sd_assays, grep("_edit_sd$", SummarizedExperiment::assayNames(in_memory), value = TRUE))
+  for (a in sd_assays) {
+    expect_s4_class(SummarizedExperiment::assay(edited, a, withDimnames = FALSE), "DelayedMatrix")
+    expect_equal(as.matrix(SummarizedExperiment::assay(edited, a)),
+                 SummarizedExperiment::assay(in_memory, a), tolerance = 1e-6)
+  }
   # the file holds float32: equal to the float64 in-memory edit to float32 precision
   expect_equal(as.matrix(m), SummarizedExperiment::assay(in_memory, "sccbgm"), tolerance = 1e-6)
   expect_identical(SingleCellExperiment::reducedDim(edited, "sccbgm_concepts"),
