@@ -402,7 +402,8 @@ def edit(
         False: the model's prediction T^-1(x_hat') (the paper's output). None: the model's
         default (True).
     cells
-        Subset to edit: bool mask, integer indices or obs names (default all).
+        Subset to edit (default all): bool mask, 0-based positions (negatives are an error), obs
+        names or a selector {obs column: value}; see :mod:`sccbgm.access`.
     layer
         Expression layer (default X).
     mode

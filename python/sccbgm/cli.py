@@ -314,9 +314,9 @@ def _run_tool(args: Any) -> None:
         adata = _read_h5ad(data)
         cells = None
         if selector:
-            from sccbgm.datasets import select_cells
+            from sccbgm.access import match_obs
 
-            cells = select_cells(adata.obs, selector)
+            cells = match_obs(adata.obs, selector)
         out.mkdir(parents=True, exist_ok=True)
         table = sccbgm.sweep(model, adata, args.concept, [_value(v) for v in args.values], group=args.group,
                              cells=cells, layer=args.layer, n_top=args.n_top, plot=out / "sweep.png")

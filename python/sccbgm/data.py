@@ -33,19 +33,25 @@ from typing import Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
+from sccbgm.access import (
+    CHUNK_ELEMENTS,
+    chunk_rows,
+    dense_rows,
+    get_matrix,
+    lognormalise,
+    take_rows,
+)
 from sccbgm.errors import SCCBGMError
 
+__all__ = [  # the data-access names are re-exported from here for older imports
+    "CHUNK", "CHUNK_ELEMENTS", "PCA_OVERSAMPLE", "PCA_ITERATIONS", "CellData", "InputTransform",
+    "available_memory", "check_values", "chunk_rows", "dense_rows", "get_matrix", "matrix_bytes",
+    "require_memory", "take_rows",
+]
+
 CHUNK = 4096  # cells per chunk in the model's (small) feature space
-CHUNK_ELEMENTS = 1 << 23  # cells x genes per chunk of X (64 MiB as dense float64)
 PCA_OVERSAMPLE = 16  # extra random directions of the subspace iteration
 PCA_ITERATIONS = 6  # applications of the covariance after the first one
-
-
-def chunk_rows(n_genes: int, budget: int | None = None) -> int:
-    """Cells per chunk so that one dense chunk holds at most ``budget`` values (default
-    ``CHUNK_ELEMENTS``), at least 16 and at most 65,536 cells."""
-    budget = CHUNK_ELEMENTS if budget is None else int(budget)
-    return int(max(16, min(65536, budget // max(int(n_genes), 1))))
 
 
 def available_memory() -> int | None:
@@ -104,43 +110,6 @@ def matrix_bytes(matrix: Any) -> int:
     if nnz is not None:
         return int(nnz * (dtype.itemsize + 4))
     return int(matrix.shape[0]) * int(matrix.shape[1]) * dtype.itemsize
-
-
-def get_matrix(adata: Any, layer: str | None) -> Any:
-    """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent."""
-    if layer is None:
-        if adata.X is None:
-            raise SCCBGMError("adata.X is empty; pass `layer=` to choose the expression matrix.")
-        return adata.X
-    if layer not in adata.layers:
-        raise SCCBGMError(f"layer {layer!r} not found; available layers: {list(adata.layers)}.")
-    return adata.layers[layer]
-
-
-def take_rows(matrix: Any, rows: np.ndarray | slice) -> Any:
-    """``matrix[rows]`` for any row order, also on backed (h5py) matrices.
-
-    HDF5 reads need increasing, unique indices; an index array that is not is read sorted and
-    unique, then put back in the asked order (duplicates repeated). Sparse stays sparse.
-    """
-    if isinstance(rows, slice):
-        return matrix[rows]
-    rows = np.asarray(rows)
-    if rows.dtype == bool:
-        rows = np.flatnonzero(rows)
-    if rows.size == 0 or (rows.size > 1 and np.all(np.diff(rows) > 0)) or rows.size == 1:
-        return matrix[rows]
-    uniq, inverse = np.unique(rows, return_inverse=True)
-    block = matrix[uniq]
-    return block[inverse]
-
-
-def dense_rows(matrix: Any, rows: np.ndarray | slice) -> np.ndarray:
-    """Rows of a dense / sparse / backed matrix as a float64 dense array (rows, genes)."""
-    block = take_rows(matrix, rows)
-    if sp.issparse(block):
-        block = block.toarray()
-    return np.asarray(block, dtype=np.float64)
 
 
 def check_values(matrix: Any, *, what: str = "expression matrix") -> bool:
@@ -249,20 +218,11 @@ class InputTransform:
 
         Dense in, dense out; sparse in, CSR out (log1p of the normalised non-zeros keeps zeros).
         """
-        if sp.issparse(block):
-            block = sp.csr_matrix(block, dtype=np.float64, copy=True)
-            if self.input_kind == "counts":
-                totals = np.asarray(block.sum(axis=1)).ravel()
-                totals[totals == 0] = 1.0
-                block.data *= np.repeat(self.target_sum / totals, np.diff(block.indptr))
-                np.log1p(block.data, out=block.data)
-            return block
-        block = np.asarray(block, dtype=np.float64)
         if self.input_kind == "counts":
-            totals = block.sum(axis=1, keepdims=True)
-            totals[totals == 0] = 1.0
-            return np.log1p(block / totals * self.target_sum)
-        return block
+            return lognormalise(block, self.target_sum)
+        if sp.issparse(block):
+            return sp.csr_matrix(block, dtype=np.float64, copy=True)
+        return np.asarray(block, dtype=np.float64)
 
     def features(self, lognorm: Any) -> np.ndarray:
         """Log-normalised (n, G), dense or sparse -> model input (n, n_features), float32."""
@@ -288,7 +248,7 @@ class InputTransform:
         step = chunk_rows(matrix.shape[1])
         for s in range(0, rows.size, step):
             idx = rows[s : s + step]
-            block = matrix[idx]
+            block = take_rows(matrix, idx)
             if not sp.issparse(block):
                 block = np.asarray(block)
             yield idx, self.lognorm(block)
@@ -399,7 +359,7 @@ def _concept_directions(
 
 
 class CellData:
-    """Training/inference view of an AnnData: model inputs, concepts and mask per minibatch.
+    """Training/inference view of a matrix: the model inputs of any rows.
 
     With a PCA transform the (n_cells, n_pcs) inputs are computed once in chunks (small); with
     ``representation="genes"`` each minibatch is densified from X on the fly.
@@ -409,14 +369,10 @@ class CellData:
         self,
         matrix: Any,
         transform: InputTransform,
-        concepts: np.ndarray | None = None,
-        mask: np.ndarray | None = None,
     ) -> None:
         self.matrix = matrix
         self.transform = transform
         self.n_cells = matrix.shape[0]
-        self.concepts = concepts
-        self.mask = mask
         self._features: np.ndarray | None = None
         if transform.representation == "pca":
             feats = np.empty((self.n_cells, transform.n_features), dtype=np.float32)
@@ -429,14 +385,3 @@ class CellData:
         if self._features is not None:
             return self._features[rows]
         return self.transform.features(self.transform.lognorm(dense_rows(self.matrix, rows)))
-
-    def batches(
-        self, batch_size: int, rng: np.random.Generator | None = None, drop_last: bool = False
-    ) -> Iterator[np.ndarray]:
-        """Row-index minibatches; shuffled when ``rng`` is given."""
-        order = rng.permutation(self.n_cells) if rng is not None else np.arange(self.n_cells)
-        stop = self.n_cells - (self.n_cells % batch_size if drop_last else 0)
-        for s in range(0, stop, batch_size):
-            idx = order[s : s + batch_size]
-            if idx.size:
-                yield idx

@@ -35,7 +35,7 @@ How a benchmark consumes one task (generically, for any data set):
 
 * **selector** -- ``{obs column: value or [values]}``; a cell matches when every listed column
   equals the value (or one of the list). Numeric columns compare numerically, others as strings
-  (:func:`select_cells`).
+  (:func:`sccbgm.access.match_obs`).
 * **training cells** -- every cell *not* matched by ``holdout``;
 * **cells to edit** -- the cells matched by ``source`` (they stay in the training data);
 * **edit** -- give the source cells the concept values in ``set`` (keys are concept columns of
@@ -55,10 +55,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from sccbgm.access import match_obs
 from sccbgm.errors import SCCBGMError
+
+select_cells = match_obs  # the name the tasks files and data_scripts use
 
 SCHEMA = "sccbgm.tasks/1"
 CONCEPT_KINDS = ("binary", "categorical", "continuous")
@@ -90,39 +92,6 @@ def load_kang_subset() -> Any:
             f"holding {KANG_SUBSET_FILE}, or prepare the full data with data_scripts/prepare_kang.py."
         )
     return ad.read_h5ad(path)
-
-
-def _as_list(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
-def select_cells(obs: pd.DataFrame | Any, selector: Mapping[str, Any]) -> np.ndarray:
-    """Boolean mask of the cells of ``obs`` (or an AnnData's ``obs``) matched by ``selector``."""
-    if not isinstance(obs, pd.DataFrame):
-        obs = obs.obs
-    if not isinstance(selector, Mapping) or not selector:
-        raise SCCBGMError(f"a selector must be a non-empty mapping {{obs column: value}}, got {selector!r}.")
-    mask = np.ones(obs.shape[0], dtype=bool)
-    for column, value in selector.items():
-        if column not in obs.columns:
-            raise SCCBGMError(
-                f"selector column {column!r} not found in obs; available columns: {list(obs.columns)}."
-            )
-        series = obs[column]
-        wanted = _as_list(value)
-        if pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series):
-            try:
-                targets = np.asarray([float(v) for v in wanted])
-            except (TypeError, ValueError):
-                raise SCCBGMError(
-                    f"selector value {value!r} for numeric column {column!r} is not a number."
-                ) from None
-            vals = series.to_numpy(dtype=float)
-            hit = np.isclose(vals[:, None], targets[None, :], rtol=1e-9, atol=1e-12).any(axis=1)
-        else:
-            hit = series.astype(str).isin([str(v) for v in wanted]).to_numpy()
-        mask &= hit
-    return mask
 
 
 def _check_concepts(concepts: Any) -> list[str]:
@@ -178,7 +147,7 @@ def validate_tasks(spec: Mapping[str, Any], obs: pd.DataFrame | Any | None = Non
             raise SCCBGMError(f"task {name!r}: 'set' names non-concept column(s) {unknown}.")
         if obs is None:
             continue
-        masks = {k: select_cells(obs, task[k]) for k in ("holdout", "source", "target")}
+        masks = {k: match_obs(obs, task[k]) for k in ("holdout", "source", "target")}
         for k, m in masks.items():
             if not m.any():
                 raise SCCBGMError(f"task {name!r}: the {k} selector matches no cell.")

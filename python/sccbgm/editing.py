@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sccbgm.access import lognormalise, select_cells
 from sccbgm.data import (
     CHUNK,
     check_values,
@@ -104,49 +105,7 @@ def count_space_edit(
         thinned = rng.binomial(counts.astype(np.int64), np.minimum(ratio, 1.0))
         added = rng.poisson(np.where(down, 0.0, rate * (ratio - 1.0)))
         new = np.where(down, thinned, counts + added).astype(np.float64)
-    total = new.sum(axis=1, keepdims=True)
-    total[total == 0] = 1.0
-    return np.log1p(new / total * target_sum)
-
-
-def select_cells(adata: Any, cells: Any) -> np.ndarray:
-    """``cells`` (None | bool mask | int indices | obs names) -> sorted-as-given int indices."""
-    n = adata.n_obs
-    if cells is None:
-        idx = np.arange(n)
-    else:
-        arr = np.asarray(cells)
-        if arr.dtype == bool:
-            if arr.shape != (n,):
-                raise SCCBGMError(f"boolean `cells` mask has length {arr.size}, adata has {n} cells.")
-            idx = np.flatnonzero(arr)
-        elif arr.dtype.kind in "iu":
-            idx = arr.astype(np.int64).ravel()
-            if idx.size and (idx.min() < -n or idx.max() >= n):
-                raise SCCBGMError(f"`cells` index out of range for {n} cells.")
-            idx = idx % n
-        else:
-            names = pd.Index(adata.obs_names)
-            if names.has_duplicates:
-                raise SCCBGMError(
-                    "adata.obs_names has duplicates, so cells cannot be selected by name; call "
-                    "adata.obs_names_make_unique() first, or select by position."
-                )
-            pos = names.get_indexer(arr.astype(str).ravel())
-            if (pos < 0).any():
-                missing = arr.astype(str).ravel()[pos < 0][:5].tolist()
-                raise SCCBGMError(f"`cells` names not found in adata.obs_names, e.g. {missing}.")
-            idx = pos
-    if idx.size == 0:
-        raise SCCBGMError("the selection is empty: no cells to process.")
-    if cells is not None and np.unique(idx).size != idx.size:
-        dup = pd.Index(adata.obs_names[idx])
-        example = dup[dup.duplicated()].unique()[:5].tolist()
-        raise SCCBGMError(
-            f"`cells` selects {idx.size - np.unique(idx).size} cell(s) more than once (e.g. {example}); "
-            "each cell can be edited once per call. Pass unique cells (e.g. pd.unique(cells))."
-        )
-    return idx
+    return lognormalise(new, target_sum)
 
 
 def align_genes(adata: Any, genes: Sequence[str]) -> np.ndarray | None:

@@ -18,6 +18,7 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 
 from sccbgm import metrics as M
+from sccbgm.access import dense_rows
 from sccbgm.errors import SCCBGMError
 
 __all__ = ["COLUMNS", "evaluate"]
@@ -199,10 +200,6 @@ def _align_cells(pred: _Cells, truth: _Cells) -> None:
         )
 
 
-def _dense(x: NDArray | sp.csr_matrix) -> NDArray[np.float64]:
-    return x.toarray() if sp.issparse(x) else x
-
-
 def _row(metric: str, value: float, space: str, **extra: Any) -> dict[str, Any]:
     row: dict[str, Any] = {
         "metric": metric,
@@ -333,7 +330,7 @@ def evaluate(
         projection = M.pca_features(fit_on.x, n_components=n_components, seed=seed)
     space = "gene" if projection is None else "pca"
     features: Callable[[Any], NDArray[np.float64]] = (
-        _dense if projection is None else projection.transform
+        dense_rows if projection is None else projection.transform
     )
     pred_f, tgt_f = features(pred.x), features(tgt.x)
     ref_f = None if ref is None else features(ref.x)

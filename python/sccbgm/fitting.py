@@ -137,7 +137,7 @@ def fit_vae(job: FitJob) -> Model:
     seed = seed_everything(job.seed)
     record = job.record
     record["seed"] = seed
-    data = CellData(job.matrix, job.transform, job.values, job.mask)
+    data = CellData(job.matrix, job.transform)
     try:
         module_cfg = SCCBGMConfig(
             in_dim=job.transform.n_features, n_concepts=job.spec.n_concepts,
@@ -243,7 +243,7 @@ def _fit_generator(job: FitJob, base: Model | None, own_cvae: bool) -> Model:
     dev = resolve_device(job.device)
     seed = seed_everything(job.seed)
     record["seed"] = seed
-    data = CellData(job.matrix, job.transform, job.values, job.mask)
+    data = CellData(job.matrix, job.transform)
     history: dict[str, dict[str, list[float]]] = {}
     parts: dict[str, Any] = {}
     if own_cvae:

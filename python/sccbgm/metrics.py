@@ -44,6 +44,7 @@ import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
 from scipy.spatial.distance import pdist
 
+from sccbgm.access import dense_rows
 from sccbgm.errors import SCCBGMError
 
 __all__ = [
@@ -602,13 +603,6 @@ def _projector(pca: Any) -> Callable[[Any], NDArray]:
     )
 
 
-def _dense_block(x: Matrix, start: int, stop: int) -> NDArray[np.float64]:
-    block = x[start:stop]
-    if sp.issparse(block):
-        block = block.toarray()
-    return np.asarray(block, dtype=np.float64)
-
-
 def _matrix_shape(x: Matrix, name: str) -> tuple[int, int]:
     if not sp.issparse(x):
         x = np.asarray(x)
@@ -639,8 +633,8 @@ def cell_mse(predicted: Matrix, true: Matrix, *, pca: Any = None, chunk_size: in
     project = None if pca is None else _projector(pca)
     total, n_values = 0.0, 0
     for start in range(0, shape_p[0], chunk_size):
-        p_blk = _dense_block(predicted, start, start + chunk_size)
-        t_blk = _dense_block(true, start, start + chunk_size)
+        p_blk = dense_rows(predicted, slice(start, start + chunk_size))
+        t_blk = dense_rows(true, slice(start, start + chunk_size))
         if not (np.isfinite(p_blk).all() and np.isfinite(t_blk).all()):
             raise SCCBGMError("predicted or true contains NaN or infinite values")
         if project is not None:

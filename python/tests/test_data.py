@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 import sccbgm
 from sccbgm.concepts import ConceptSpec
 from sccbgm.data import InputTransform
+from sccbgm.errors import SCCBGMError
 
 
 def _effect_kept(transform: InputTransform, effect: np.ndarray) -> float:
@@ -93,3 +96,54 @@ def test_fit_option_and_save_load(toy, tmp_path):
     again = sccbgm.load(tmp_path / "m.sccbgm")
     assert again.transform.n_concept_directions == 1
     np.testing.assert_array_equal(again.transform.components, on.transform.components)
+
+
+# ------------------------------------------------------------------- data access (sccbgm.access)
+def _cells_adata() -> ad.AnnData:
+    obs = pd.DataFrame({"group": ["a", "b", "a", "c", "b"], "dose": [0.0, 1.0, 1.0, 3.0, 0.0]},
+                       index=[f"cell{i}" for i in range(5)])
+    return ad.AnnData(np.arange(15, dtype=np.float32).reshape(5, 3), obs=obs)
+
+
+def test_select_cells_one_rule_for_every_form() -> None:
+    from sccbgm.access import select_cells
+
+    a = _cells_adata()
+    np.testing.assert_array_equal(select_cells(a, None), np.arange(5))
+    np.testing.assert_array_equal(select_cells(a, np.array([True, False, True, False, False])), [0, 2])
+    np.testing.assert_array_equal(select_cells(a, [3, 0]), [3, 0])  # order kept
+    np.testing.assert_array_equal(select_cells(a, ["cell4", "cell1"]), [4, 1])
+    np.testing.assert_array_equal(select_cells(a, "cell2"), [2])
+    np.testing.assert_array_equal(select_cells(a, {"group": "b"}), [1, 4])
+    np.testing.assert_array_equal(select_cells(a, {"group": ["a", "c"], "dose": 1}), [2])
+    with pytest.raises(SCCBGMError, match="negative positions"):
+        select_cells(a, [-1])
+    with pytest.raises(SCCBGMError, match=r"\[0, 5\)"):
+        select_cells(a, [5])
+    with pytest.raises(SCCBGMError, match="more than once"):
+        select_cells(a, [1, 1])
+    np.testing.assert_array_equal(select_cells(a, [1, 1], unique=False), [1, 1])
+    with pytest.raises(SCCBGMError, match="selection is empty"):
+        select_cells(a, {"group": "zzz"})
+    assert select_cells(a, {"group": "zzz"}, allow_empty=True).size == 0
+    with pytest.raises(SCCBGMError, match="mask has length"):
+        select_cells(a, np.ones(3, dtype=bool))
+    with pytest.raises(SCCBGMError, match="not found"):
+        select_cells(a, ["nope"])
+
+
+def test_lognormalise_by_hand_dense_sparse_and_median() -> None:
+    from sccbgm.access import dense_chunks, lognormalise, take_rows
+
+    counts = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [2.0, 2.0, 4.0]])
+    out = lognormalise(counts, 10.0)
+    np.testing.assert_allclose(out[0], np.log1p([2.5, 7.5, 0.0]))
+    np.testing.assert_allclose(out[1], 0.0)  # a cell with no counts stays 0
+    sparse = lognormalise(sp.csr_matrix(counts), 10.0)
+    assert sp.issparse(sparse)
+    np.testing.assert_allclose(sparse.toarray(), out)
+    np.testing.assert_allclose(lognormalise(counts)[2], np.log1p(counts[2] / 8.0 * 4.0))  # median total 4
+    np.testing.assert_array_equal(take_rows(sp.csr_matrix(counts), np.array([2, 0, 2])).toarray(), counts[[2, 0, 2]])
+    chunks = list(dense_chunks(sp.csr_matrix(counts), step=2))
+    assert [c[0].tolist() for c in chunks] == [[0, 1], [2]]
+    np.testing.assert_array_equal(np.vstack([c[1] for c in chunks]), counts)

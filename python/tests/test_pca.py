@@ -66,13 +66,13 @@ def test_dense_and_sparse_give_the_same_transform() -> None:
 
 def test_chunking_does_not_change_the_pca(monkeypatch: pytest.MonkeyPatch) -> None:
     """Streaming over many small chunks gives the same axes as one chunk."""
-    import sccbgm.data as data
+    import sccbgm.access as access
 
     counts = _counts(n=300, g=200, seed=2)
     tr = InputTransform.fit(counts, [f"g{j}" for j in range(200)], representation="genes")
     whole = _pca(tr, counts, 10)
-    monkeypatch.setattr(data, "CHUNK_ELEMENTS", 16 * 200)
-    assert data.chunk_rows(200) == 16
+    monkeypatch.setattr(access, "CHUNK_ELEMENTS", 16 * 200)
+    assert access.chunk_rows(200) == 16
     chunks = len(list(tr.iter_chunks(counts, np.arange(300))))
     assert chunks == 19
     streamed = _pca(tr, counts, 10)

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sccbgm.access import dense_rows
 from sccbgm.bench.editors import mean_concept_shift, mean_shift_edit, no_edit
 from sccbgm.errors import SCCBGMError
 
@@ -245,10 +246,6 @@ def edit_all(
     return out
 
 
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
 def run_task(
     adata: Any,
     spec: Mapping[str, Any],
@@ -273,7 +270,7 @@ def run_task(
     "train_pcs", "pca", "models", "peer_status"}`` (see the module docstring for the protocol
     and columns); ``peer_status`` maps each peer's label to what it did or why it did not run."""
     from sccbgm import metrics as M
-    from sccbgm.datasets import select_cells
+    from sccbgm.access import match_obs
 
     concepts = _concept_columns(spec)
     editors = list(editors if editors is not None else EDITORS)
@@ -281,20 +278,20 @@ def run_task(
     if unknown:
         raise SCCBGMError(f"unknown editor(s) {unknown}; available: {list(EDITORS)}.")
     obs = adata.obs
-    holdout = select_cells(obs, task["holdout"])
-    src_mask, tgt_mask = select_cells(obs, task["source"]), select_cells(obs, task["target"])
+    holdout = match_obs(obs, task["holdout"])
+    src_mask, tgt_mask = match_obs(obs, task["source"]), match_obs(obs, task["target"])
     if (src_mask & holdout).any():
         raise SCCBGMError(f"task {task['name']!r}: source cells must stay in the training data.")
     train = adata[~holdout].copy()
     source = adata[src_mask].copy()
-    x_train, x_src, x_tgt = _dense(train.X), _dense(source.X), _dense(adata[tgt_mask].X)
+    x_train, x_src, x_tgt = dense_rows(train.X), dense_rows(source.X), dense_rows(adata[tgt_mask].X)
 
     preds: dict[str, np.ndarray] = {NO_EDIT: no_edit(x_src).astype(np.float64)}
     shared, src_side, tgt_side = _selector_parts(task)
     side = np.full(train.n_obs, "other", dtype=object)
     if src_side and tgt_side:
-        side[select_cells(train.obs, src_side)] = "source"
-        side[select_cells(train.obs, tgt_side)] = "target"
+        side[match_obs(train.obs, src_side)] = "source"
+        side[match_obs(train.obs, tgt_side)] = "target"
     if shared and src_side:
         group_cols = list(shared)
         group = train.obs[group_cols].astype(str).agg("|".join, axis=1)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sccbgm.access import lognormalise
 from sccbgm.bench.editors import mean_concept_shift, mean_shift_edit, no_edit
 from sccbgm.bench.report import MEAN_SHIFT, NO_EDIT, TRIVIAL
 
@@ -63,14 +64,6 @@ class TaskData:
     truth_pcs: np.ndarray
     references: dict[str, np.ndarray]
     seed: int
-
-
-def lognormalise(counts: Any, target_sum: float) -> np.ndarray:
-    """Counts (n, G) -> log1p(counts / total * target_sum), dense float64."""
-    x = counts.toarray() if hasattr(counts, "toarray") else np.asarray(counts, dtype=np.float64)
-    totals = x.sum(1, keepdims=True)
-    totals[totals == 0] = 1.0
-    return np.log1p(x / totals * target_sum)
 
 
 def concept_columns(adata: Any) -> list[str]:

@@ -56,7 +56,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sccbgm.access import dense_rows, lognormalise
 from sccbgm.errors import SCCBGMError
+
+TARGET_SUM = 1e4  # library size of the metric space (log-normalise, then z-score)
 
 KANG_FILE = "kang2018_pbmc_ifnb_scgen_subset.h5ad"
 KANG_TYPES = ("B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK")
@@ -109,14 +112,6 @@ SCALES = {
 
 
 # ----------------------------------------------------------------------------- metric helpers
-def lognorm(counts: np.ndarray, target_sum: float = 1e4) -> np.ndarray:
-    """Counts (n, G) -> log1p(counts / total * target_sum)."""
-    counts = np.asarray(counts, dtype=np.float64)
-    tot = counts.sum(1, keepdims=True)
-    tot[tot == 0] = 1.0
-    return np.log1p(counts / tot * target_sum)
-
-
 def rescale(x_log: np.ndarray, from_sum: float, to_sum: float = 1e4) -> np.ndarray:
     """Log-normalised values at ``from_sum`` -> the same cells at ``to_sum``."""
     return np.log1p(np.expm1(np.clip(x_log, 0.0, None)) * (to_sum / from_sum))
@@ -175,10 +170,6 @@ class Task:
         self.edited_concept, self.truth_log = edited_concept, truth_log
 
 
-def _dense(x: Any) -> np.ndarray:
-    return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
-
-
 def _shift(x_log: np.ndarray, groups: np.ndarray, on: np.ndarray, exclude: str | None) -> np.ndarray:
     shifts = []
     for g in np.unique(groups):
@@ -204,7 +195,7 @@ def load_kang(path: str | Path, n_genes: int | None) -> Any:
         raise SCCBGMError(f"Kang data not found at {path}; pass --kang PATH (see ../shared/data/README.md).")
     adata = ad.read_h5ad(path)
     if n_genes is not None and n_genes < adata.n_vars:
-        var = lognorm(_dense(adata.X)).var(0)
+        var = lognormalise(dense_rows(adata.X), TARGET_SUM).var(0)
         keep = np.sort(np.argsort(var)[::-1][:n_genes])
         adata = adata[:, keep].copy()
     adata.obs["condition"] = adata.obs["condition"].astype(str)
@@ -213,8 +204,8 @@ def load_kang(path: str | Path, n_genes: int | None) -> Any:
 
 
 def kang_tasks(adata: Any, types: Sequence[str]) -> list[Task]:
-    counts = _dense(adata.X)
-    all_log = lognorm(counts)
+    counts = dense_rows(adata.X)
+    all_log = lognormalise(counts, TARGET_SUM)
     zspace = ZSpace(all_log)
     ctype, cond = adata.obs["cell_type"].to_numpy(), adata.obs["condition"].to_numpy()
     tasks = []
@@ -254,12 +245,12 @@ def sim_task(variant: str, seed: int, n_cells: int, n_genes: int) -> Task:
     task = _strongest(adata)
     split = intervention_split(adata, task, seed=seed)
     k = task.concept
-    all_log = lognorm(_dense(adata.X))
+    all_log = lognormalise(dense_rows(adata.X), TARGET_SUM)
     zspace = ZSpace(all_log)
     pos = {n: i for i, n in enumerate(adata.obs_names)}
     tr_idx = np.array([pos[n] for n in split.train.obs_names])
-    x_src = lognorm(_dense(split.intervene.X))
-    truth = lognorm(_dense(split.test.X))
+    x_src = lognormalise(dense_rows(split.intervene.X), TARGET_SUM)
+    truth = lognormalise(dense_rows(split.test.X), TARGET_SUM)
     ctype = adata.obs["cell_type"].astype(str).to_numpy()
     on = adata.obs[k].to_numpy() == 1
     shift = _shift(all_log[tr_idx], ctype[tr_idx], on[tr_idx], exclude=task.cell_type)
@@ -292,7 +283,7 @@ def score(task: Task, pred_log: np.ndarray, seed: int) -> dict[str, float]:
 def _prepare_pkg_space(task: Task, seed: int) -> None:
     from sccbgm import metrics as M
 
-    x_train = lognorm(_dense(task.train.X))
+    x_train = lognormalise(dense_rows(task.train.X), TARGET_SUM)
     pca = M.pca_features(x_train, n_components=min(50, x_train.shape[0] - 1, x_train.shape[1]), seed=seed)
     labels = task.train.obs[task.concepts if task.dataset == "kang" else [task.edited_concept, "cell_type"]]
     labels = labels.astype(str).agg("|".join, axis=1).to_numpy()
@@ -311,7 +302,7 @@ def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -
     from sccbgm.editing import RATE_EPS, count_space_edit
     from sccbgm.predict import Counterfactual
 
-    counts = _dense(source.X)
+    counts = dense_rows(source.X)
     log_ratios, first = [], None
     for m in models:
         tr, spec = m.transform, m.spec

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
+from sccbgm.access import select_cells
 from sccbgm.errors import SCCBGMError
 from sccbgm.simulation.params import SimulationParams, make_params
 
@@ -385,39 +386,9 @@ def _draw(params: SimulationParams, seed: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- counterfactuals
 def resolve_cells(adata: ad.AnnData, cells: CellSelection) -> np.ndarray:
-    """Positions (int64) in ``adata`` of a selection: None (all), bool mask, ints or obs names."""
-    n_obs = adata.n_obs
-    if cells is None:
-        return np.arange(n_obs, dtype=np.int64)
-    if isinstance(cells, str):
-        cells = [cells]
-    selection = np.asarray(cells)
-    if selection.ndim != 1:
-        raise SCCBGMError(f"`cells` must be one-dimensional, got shape {selection.shape}.")
-    if selection.dtype == bool:
-        if selection.size != n_obs:
-            raise SCCBGMError(
-                f"boolean `cells` mask has length {selection.size}, but adata has {n_obs} cells."
-            )
-        return np.flatnonzero(selection).astype(np.int64)
-    if selection.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    if selection.dtype.kind in "iu":
-        if selection.min() < 0 or selection.max() >= n_obs:
-            raise SCCBGMError(f"`cells` indices must lie in [0, {n_obs}); got out-of-range values.")
-        return selection.astype(np.int64)
-    if selection.dtype.kind in "OUS":
-        if not adata.obs_names.is_unique:
-            raise SCCBGMError("selecting cells by name needs unique obs_names.")
-        positions = adata.obs_names.get_indexer(selection.astype(str))
-        if (positions < 0).any():
-            missing = list(selection[positions < 0][:5])
-            raise SCCBGMError(f"cell name(s) {missing} not found in adata.obs_names.")
-        return positions.astype(np.int64)
-    raise SCCBGMError(
-        "`cells` must be None, a boolean mask, integer positions or obs names; "
-        f"got dtype {selection.dtype}."
-    )
+    """Positions (int64) in ``adata`` of a selection (:func:`sccbgm.access.select_cells`; a cell
+    may be chosen more than once, an empty selection gives no cells)."""
+    return select_cells(adata, cells, unique=False, allow_empty=True)
 
 
 def _set_concepts(record: _Record, concepts: np.ndarray, setting: ConceptSetting) -> dict:

@@ -17,20 +17,21 @@ def lognormalised(adata: Any, layer: str | None = None) -> tuple[np.ndarray, str
     log1p-transformed (as :class:`sccbgm.data.InputTransform` does); other non-negative values are
     taken as already log-normalised.
     """
-    from sccbgm.data import check_values, dense_rows, get_matrix
+    from sccbgm.access import dense_rows, get_matrix, lognormalise
+    from sccbgm.data import check_values
 
     matrix = get_matrix(adata, layer)
     is_counts = check_values(matrix)
-    x = dense_rows(matrix, slice(None))
+    x = dense_rows(matrix)
     if not is_counts:
         return x, "lognorm"
-    totals = x.sum(axis=1, keepdims=True)
+    totals = x.sum(axis=1)
     if (totals == 0).any():
         raise SCCBGMError(
             f"{int((totals == 0).sum())} cells have zero total counts; filter them out first "
             "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
         )
-    return np.log1p(x / totals * float(np.median(totals))), "counts"
+    return lognormalise(x), "counts"
 
 
 def check_columns(adata: Any, columns: list[str], what: str) -> None:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,16 +43,12 @@ PREFIX = "progeny_"
 
 def _mask(adata: Any, cells: Any, what: str) -> np.ndarray:
     """Cells given as a bool mask, obs names, integer indices or a selector {obs column: value}."""
-    from sccbgm.datasets import select_cells as select_by
-    from sccbgm.editing import select_cells
+    from sccbgm.access import select_cells
 
-    if isinstance(cells, Mapping):
-        mask = select_by(adata.obs, cells)
-    else:
-        if cells is None:
-            raise SCCBGMError(f"`{what}` is required: a bool mask, cell names or {{obs column: value}}.")
-        mask = np.zeros(adata.n_obs, dtype=bool)
-        mask[select_cells(adata, cells)] = True
+    if cells is None:
+        raise SCCBGMError(f"`{what}` is required: a bool mask, cell names or {{obs column: value}}.")
+    mask = np.zeros(adata.n_obs, dtype=bool)
+    mask[select_cells(adata, cells, what=what, allow_empty=True)] = True
     if mask.sum() < 2:
         raise SCCBGMError(f"`{what}` selects {int(mask.sum())} cells; at least 2 are needed.")
     return mask

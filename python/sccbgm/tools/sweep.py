@@ -77,9 +77,9 @@ def sweep(
     ``response`` (gene -> response size), ``uncertainty`` (whether ``sd`` was available).
     """
     import sccbgm
+    from sccbgm.access import dense_rows, select_cells
     from sccbgm.api import _check_adata, _check_model
-    from sccbgm.data import dense_rows
-    from sccbgm.editing import model_matrix, select_cells
+    from sccbgm.editing import model_matrix
 
     _check_model(model)
     _check_adata(adata)

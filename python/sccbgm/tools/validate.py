@@ -138,14 +138,14 @@ def validate(
         raise SCCBGMError(f"`min_cells` must be an integer >= 2, got {min_cells!r}.")
     src_state = _source_state(adata.obs, edit, source)
 
-    from sccbgm.datasets import select_cells
+    from sccbgm.access import match_obs
 
     labels = adata.obs[group].astype(str)
     wanted = list(dict.fromkeys(labels)) if groups is None else [str(g) for g in groups]
     unknown = [g for g in wanted if g not in set(labels)]
     if unknown:
         raise SCCBGMError(f"group value(s) {unknown} not found in adata.obs[{group!r}].")
-    is_src, is_tgt = select_cells(adata.obs, src_state), select_cells(adata.obs, dict(edit))
+    is_src, is_tgt = match_obs(adata.obs, src_state), match_obs(adata.obs, dict(edit))
     eligible, skipped = [], {}
     for g in wanted:
         n_src, n_tgt = int((is_src & (labels == g)).sum()), int((is_tgt & (labels == g)).sum())
