@@ -47,7 +47,7 @@ def exchange(r: Any, run_r: Any, workdir: Path) -> dict[str, Any]:
     out_path = workdir / "r_edits.rds"
     options = ", ".join(f"{k} = {v}" for k, v in FIT_OPTIONS.items())
     edits = "\n".join(
-        f'out[["{m}_{name}"]] <- SummarizedExperiment::assay(sccbgm_edit({m}, sce, set = {_r_set(set_)}, '
+        f'out[["{m}_{name}"]] <- SummarizedExperiment::assay(sccbgm_edit(sce, {m}, set = {_r_set(set_)}, '
         f'residual = {"TRUE" if residual else "FALSE"}), "sccbgm")'
         for m in ("py_model", "r_model") for name, (set_, residual) in EDITS.items()
     )
@@ -58,7 +58,7 @@ r_model <- sccbgm_fit(sce, c({", ".join(f'"{c}"' for c in CONCEPTS)}), {options}
 sccbgm_save(r_model, "{r_model_path}")
 out <- list(concept_names = py_model$concept_names, genes = py_model$genes)
 {edits}
-enc <- sccbgm_encode(py_model, sce)
+enc <- sccbgm_encode(sce, py_model)
 out$concepts <- SingleCellExperiment::reducedDim(enc, "sccbgm_concepts")
 out$unknown <- SingleCellExperiment::reducedDim(enc, "sccbgm_unknown")
 saveRDS(out, "{out_path}")

@@ -31,18 +31,29 @@
             class = "sccbgm_model")
 }
 
-# The data object comes first (Bioconductor / pipe convention); a call written in the Python
-# API's order (model, object) is accepted too. Both are checked.
-.object_and_model <- function(object, model) {
-  if (inherits(object, "sccbgm_model") && !inherits(model, "sccbgm_model")) {
-    swapped <- object
-    object <- model
-    model <- swapped
-  }
+# The data object comes first (Bioconductor / pipe convention). A call written in the Python
+# API's order (model, object) is an error that names the right order: never silently swapped.
+.object_and_model <- function(object, model, fun) {
+  if (inherits(object, "sccbgm_model")) .wrong_order(fun)
   .check_model(model)
   .check_object(object)
   list(object = object, model = model)
 }
+
+.wrong_order <- function(fun) {
+  stop("`", fun, "()` takes the data object first: ", fun, "(object, model, ...). The model came ",
+       "first (the Python order, sccbgm.", sub("^sccbgm_", "", fun), "(model, adata, ...)); swap ",
+       "the first two arguments.", call. = FALSE)
+}
+
+# The S4 fallback of the exported generics: the first argument is neither a Seurat nor a
+# SingleCellExperiment object (a model there is the Python argument order).
+.not_an_object <- function(fun, object) {
+  if (inherits(object, "sccbgm_model")) .wrong_order(fun)
+  .check_object(object)
+}
+
+setOldClass("sccbgm_model")
 
 .check_model <- function(model) {
   if (!inherits(model, "sccbgm_model")) {
@@ -115,10 +126,14 @@ print.sccbgm_model <- function(x, ...) {
 #'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
 #'   model
 #' }
-sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
-                       model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
-                       n_members = NULL, progress = interactive()) {
-  .check_object(object)
+setGeneric("sccbgm_fit", function(object, concepts, ..., assay = NULL, layer = NULL,
+                                  model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
+                                  n_members = NULL, progress = interactive())
+  standardGeneric("sccbgm_fit"), signature = "object")
+
+.fit_object <- function(object, concepts, ..., assay = NULL, layer = NULL,
+                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
+                        n_members = NULL, progress = interactive()) {
   .check_columns(object, concepts)
   .check_string(model, "model", null_ok = FALSE)
   .check_string(preset, "preset", null_ok = FALSE)
@@ -142,6 +157,16 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
                             preset = preset, progress = isTRUE(progress), options = options))
   .new_model(py)
 }
+
+#' @rdname sccbgm_fit
+setMethod("sccbgm_fit", "SingleCellExperiment", .fit_object)
+#' @rdname sccbgm_fit
+setMethod("sccbgm_fit", "Seurat", .fit_object)
+setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, layer = NULL,
+                                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
+                                        n_members = NULL, progress = interactive()) {
+  .check_object(object)
+})
 
 # `set` (named list) -> list of set entries for bridge.set_from_spec
 .set_spec <- function(set, n_cells) {
@@ -212,8 +237,8 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #'
 #' @param object A `Seurat` or `SingleCellExperiment` with (at least) the model's genes, holding
 #'   the same kind of values (counts or log-normalised) as at fit time.
-#' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]). The Python API's order
-#'   `(model, object)` is accepted too.
+#' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]), the second argument:
+#'   `sccbgm_edit(model, object)` (the Python API's order) is an error that says so.
 #' @param set Named list `list(column = value)`: a category of a categorical concept
 #'   (`list(stim = "STIM")`), 0/1 or `FALSE`/`TRUE` for a binary one, a number in the column's
 #'   units for a continuous one, or a vector with one value per edited cell.
@@ -242,9 +267,14 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #'   SummarizedExperiment::assayNames(edited)
 #'   SingleCellExperiment::reducedDimNames(edited)
 #' }
-sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, assay = NULL,
-                        layer = NULL, name = "sccbgm", backed = NULL, out = NULL) {
-  args <- .object_and_model(object, model)
+setGeneric("sccbgm_edit", function(object, model, set, ..., residual = NULL, cells = NULL,
+                                   assay = NULL, layer = NULL, name = "sccbgm", backed = NULL,
+                                   out = NULL)
+  standardGeneric("sccbgm_edit"), signature = "object")
+
+.edit_object <- function(object, model, set, ..., residual = NULL, cells = NULL, assay = NULL,
+                         layer = NULL, name = "sccbgm", backed = NULL, out = NULL) {
+  args <- .object_and_model(object, model, "sccbgm_edit")
   object <- args$object
   model <- args$model
   .check_string(name, "name", null_ok = FALSE)
@@ -297,6 +327,16 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   }
   .add_record(object, name, record)
 }
+
+#' @rdname sccbgm_edit
+setMethod("sccbgm_edit", "SingleCellExperiment", .edit_object)
+#' @rdname sccbgm_edit
+setMethod("sccbgm_edit", "Seurat", .edit_object)
+setMethod("sccbgm_edit", "ANY", function(object, model, set, ..., residual = NULL, cells = NULL,
+                                         assay = NULL, layer = NULL, name = "sccbgm", backed = NULL,
+                                         out = NULL) {
+  .not_an_object("sccbgm_edit", object)
+})
 
 # Where a backed edit goes: NULL (in memory) or the .h5ad path (see sccbgm_edit, Details).
 .backed_output <- function(object, backed, out, n_cells, n_genes) {
@@ -371,8 +411,11 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
 #'   sce <- sccbgm_encode(sce, model)
 #'   head(SingleCellExperiment::reducedDim(sce, "sccbgm_concepts"))
 #' }
-sccbgm_encode <- function(object, model, assay = NULL, layer = NULL, name = "sccbgm") {
-  args <- .object_and_model(object, model)
+setGeneric("sccbgm_encode", function(object, model, assay = NULL, layer = NULL, name = "sccbgm")
+  standardGeneric("sccbgm_encode"), signature = "object")
+
+.encode_object <- function(object, model, assay = NULL, layer = NULL, name = "sccbgm") {
+  args <- .object_and_model(object, model, "sccbgm_encode")
   object <- args$object
   model <- args$model
   .check_string(name, "name", null_ok = FALSE)
@@ -381,7 +424,7 @@ sccbgm_encode <- function(object, model, assay = NULL, layer = NULL, name = "scc
   res <- .r(.py_call(.bridge()$encode(model$py, spec)))
   cells <- .chr(res$obs_names)
   concepts <- .embedding_from_spec(res$concepts, cells)
-  used <- if (.is_seurat(object)) assay %||% SeuratObject::DefaultAssay(object) else NULL
+  used <- .reduction_assay(object, assay)
   object <- .add_embedding(object, paste0(name, "_concepts"), concepts,
                            .chr(res$concept_names), "concepts", name, used)
   unknown <- .embedding_from_spec(res$unknown, cells)
@@ -391,6 +434,14 @@ sccbgm_encode <- function(object, model, assay = NULL, layer = NULL, name = "scc
   .add_embedding(object, paste0(name, "_latent"), latent,
                  paste0("latent_", seq_len(ncol(latent))), "latent", name, used)
 }
+
+#' @rdname sccbgm_encode
+setMethod("sccbgm_encode", "SingleCellExperiment", .encode_object)
+#' @rdname sccbgm_encode
+setMethod("sccbgm_encode", "Seurat", .encode_object)
+setMethod("sccbgm_encode", "ANY", function(object, model, assay = NULL, layer = NULL, name = "sccbgm") {
+  .not_an_object("sccbgm_encode", object)
+})
 
 #' Save and load models
 #'

@@ -78,7 +78,7 @@ sccbgm_evaluate <- function(predicted, target, reference = NULL, reference_key =
   if (is.null(x)) return(NULL)
   if (inherits(x, "python.builtin.object")) return(x)
   if (.is_seurat(x) || .is_sce(x)) {
-    layer <- layer %||% if (.is_seurat(x)) "data" else "logcounts"
+    layer <- layer %||% .lognorm_layer(x)
     if (.is_sce(x) && !is.null(assay)) {
       stop("`assay` applies to Seurat inputs only; name the SingleCellExperiment assay with ",
            "`layer`.", call. = FALSE)

@@ -51,61 +51,85 @@
   invisible(x)
 }
 
-# cell metadata of either class, as a data.frame-like object
-.cell_meta <- function(object) {
-  if (.is_seurat(object)) object[[]] else SummarizedExperiment::colData(object)
-}
+# Class-specific access is dispatched on the object's class: internal S4 generics with one
+# method for "Seurat" and one for "SingleCellExperiment" (no if chains on the class).
 
-.meta_label <- function(object) if (.is_seurat(object)) "meta.data" else "colData"
+# cell metadata, as a data.frame-like object
+setGeneric(".cell_meta", function(object) standardGeneric(".cell_meta"))
+setMethod(".cell_meta", "Seurat", function(object) object[[]])
+setMethod(".cell_meta", "SingleCellExperiment", function(object) SummarizedExperiment::colData(object))
+
+# what the metadata is called, for messages
+setGeneric(".meta_label", function(object) standardGeneric(".meta_label"))
+setMethod(".meta_label", "Seurat", function(object) "meta.data")
+setMethod(".meta_label", "SingleCellExperiment", function(object) "colData")
+
+# the assay a Seurat reduction is computed from (SCE reducedDims have none)
+setGeneric(".reduction_assay", function(object, assay) standardGeneric(".reduction_assay"))
+setMethod(".reduction_assay", "Seurat", function(object, assay) assay %||% SeuratObject::DefaultAssay(object))
+setMethod(".reduction_assay", "SingleCellExperiment", function(object, assay) NULL)
+
+# the name of the log-normalised matrix, and whether raw counts are there
+setGeneric(".lognorm_layer", function(object) standardGeneric(".lognorm_layer"))
+setMethod(".lognorm_layer", "Seurat", function(object) "data")
+setMethod(".lognorm_layer", "SingleCellExperiment", function(object) "logcounts")
+
+setGeneric(".default_fit_layer", function(object, assay) standardGeneric(".default_fit_layer"))
+setMethod(".default_fit_layer", "Seurat", function(object, assay) {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  has_counts <- assay %in% SeuratObject::Assays(object) && "counts" %in% .seurat_layers(object, assay)
+  if (has_counts) "counts" else "data"
+})
+setMethod(".default_fit_layer", "SingleCellExperiment", function(object, assay) {
+  an <- SummarizedExperiment::assayNames(object)
+  if ("counts" %in% an || !"logcounts" %in% an) "counts" else "logcounts"
+})
 
 # The expression matrix to use when `layer` is NULL. For a fit (`input_kind` NULL): raw counts
 # when the object has them, else the log-normalised matrix; for a model: the kind it was fitted
 # on ("counts" -> the counts, "lognorm" -> Seurat's `data` / SCE's `logcounts`).
 .default_layer <- function(object, layer, input_kind = NULL, assay = NULL) {
   if (!is.null(layer)) return(layer)
-  lognorm <- if (.is_seurat(object)) "data" else "logcounts"
-  if (identical(input_kind, "lognorm")) return(lognorm)
+  if (identical(input_kind, "lognorm")) return(.lognorm_layer(object))
   if (identical(input_kind, "counts")) return("counts")
-  has_counts <- if (.is_seurat(object)) {
-    assay <- assay %||% SeuratObject::DefaultAssay(object)
-    assay %in% SeuratObject::Assays(object) && "counts" %in% .seurat_layers(object, assay)
-  } else {
-    "counts" %in% SummarizedExperiment::assayNames(object)
-  }
-  if (has_counts || (!.is_seurat(object) &&
-                     !lognorm %in% SummarizedExperiment::assayNames(object))) "counts" else lognorm
+  .default_fit_layer(object, assay)
 }
 
 # genes x cells expression matrix of a Seurat assay layer (slot) or an SCE assay
 .get_matrix <- function(object, assay = NULL, layer = "counts") {
   .check_string(layer, "layer", null_ok = FALSE)
-  if (.is_seurat(object)) {
-    assay <- assay %||% SeuratObject::DefaultAssay(object)
-    .check_string(assay, "assay", null_ok = FALSE)
-    if (!assay %in% SeuratObject::Assays(object)) {
-      stop("assay '", assay, "' not found in the Seurat object; assays: ",
-           paste(SeuratObject::Assays(object), collapse = ", "), ".", call. = FALSE)
-    }
-    if (.seurat5()) {
-      layers <- getExportedValue("SeuratObject", "Layers")(object[[assay]])
-      if (!layer %in% layers) {
-        split <- grep(paste0("^", layer, "\\."), layers, value = TRUE)
-        hint <- if (length(split)) " (its layers are split; run JoinLayers() first)" else ""
-        stop("layer '", layer, "' not found in assay '", assay, "'", hint, "; layers: ",
-             paste(layers, collapse = ", "), ".", call. = FALSE)
-      }
-      m <- getExportedValue("SeuratObject", "LayerData")(object, assay = assay, layer = layer)
-    } else {
-      if (!layer %in% c("counts", "data", "scale.data")) {
-        stop("slot '", layer, "' is not one of 'counts', 'data', 'scale.data'.", call. = FALSE)
-      }
-      m <- SeuratObject::GetAssayData(object, assay = assay, slot = layer)
-    }
-    if (nrow(m) == 0L || ncol(m) == 0L) {
-      stop("layer '", layer, "' of assay '", assay, "' is empty.", call. = FALSE)
-    }
-    return(m)
+  .assay_matrix(object, assay, layer)
+}
+
+setGeneric(".assay_matrix", function(object, assay, layer) standardGeneric(".assay_matrix"))
+setMethod(".assay_matrix", "Seurat", function(object, assay, layer) {
+  assay <- assay %||% SeuratObject::DefaultAssay(object)
+  .check_string(assay, "assay", null_ok = FALSE)
+  if (!assay %in% SeuratObject::Assays(object)) {
+    stop("assay '", assay, "' not found in the Seurat object; assays: ",
+         paste(SeuratObject::Assays(object), collapse = ", "), ".", call. = FALSE)
   }
+  if (.seurat5()) {
+    layers <- getExportedValue("SeuratObject", "Layers")(object[[assay]])
+    if (!layer %in% layers) {
+      split <- grep(paste0("^", layer, "\\."), layers, value = TRUE)
+      hint <- if (length(split)) " (its layers are split; run JoinLayers() first)" else ""
+      stop("layer '", layer, "' not found in assay '", assay, "'", hint, "; layers: ",
+           paste(layers, collapse = ", "), ".", call. = FALSE)
+    }
+    m <- getExportedValue("SeuratObject", "LayerData")(object, assay = assay, layer = layer)
+  } else {
+    if (!layer %in% c("counts", "data", "scale.data")) {
+      stop("slot '", layer, "' is not one of 'counts', 'data', 'scale.data'.", call. = FALSE)
+    }
+    m <- SeuratObject::GetAssayData(object, assay = assay, slot = layer)
+  }
+  if (nrow(m) == 0L || ncol(m) == 0L) {
+    stop("layer '", layer, "' of assay '", assay, "' is empty.", call. = FALSE)
+  }
+  m
+})
+setMethod(".assay_matrix", "SingleCellExperiment", function(object, assay, layer) {
   if (!is.null(assay)) {
     stop("`assay` applies to Seurat objects only; for a SingleCellExperiment name the assay ",
          "with `layer` (e.g. layer = \"logcounts\").", call. = FALSE)
@@ -116,7 +140,7 @@
          if (length(an)) paste(an, collapse = ", ") else "(none)", ".", call. = FALSE)
   }
   SummarizedExperiment::assay(object, layer, withDimnames = TRUE)
-}
+})
 
 `%||%` <- function(a, b) if (is.null(a)) b else a
 
@@ -197,36 +221,46 @@
 .add_embedding <- function(object, reduction, emb, dim_names, key_part, name,
                            assay_used = name) {
   if (is.null(emb)) return(object)
-  if (.is_seurat(object)) {
-    key <- .reduction_key(name, key_part)
-    colnames(emb) <- paste0(key, seq_len(ncol(emb)))
-    dr <- SeuratObject::CreateDimReducObject(
-      embeddings = emb, key = key, assay = assay_used,
-      misc = list(dimension_names = dim_names))
-    object[[reduction]] <- dr
-    return(object)
-  }
+  .put_embedding(object, reduction, emb, dim_names, key_part, name, assay_used)
+}
+
+setGeneric(".put_embedding", function(object, reduction, emb, dim_names, key_part, name, assay_used)
+  standardGeneric(".put_embedding"))
+setMethod(".put_embedding", "Seurat", function(object, reduction, emb, dim_names, key_part, name,
+                                               assay_used) {
+  key <- .reduction_key(name, key_part)
+  colnames(emb) <- paste0(key, seq_len(ncol(emb)))
+  dr <- SeuratObject::CreateDimReducObject(
+    embeddings = emb, key = key, assay = assay_used,
+    misc = list(dimension_names = dim_names))
+  object[[reduction]] <- dr
+  object
+})
+setMethod(".put_embedding", "SingleCellExperiment", function(object, reduction, emb, dim_names,
+                                                             key_part, name, assay_used) {
   colnames(emb) <- dim_names
   SingleCellExperiment::reducedDim(object, reduction) <- emb
   object
-}
+})
 
 # Add the edited (genes x cells, log-normalised) matrix as assay `name`; with `part` (e.g.
 # "edit_sd") a companion matrix of that edit: assay `<name>_<part>`, or assay `part` of the
 # altExp `name` when the edit went to an altExp (added after the edit itself).
-.add_expression <- function(object, name, m, part = NULL) {
+setGeneric(".add_expression", function(object, name, m, part = NULL) standardGeneric(".add_expression"))
+setMethod(".add_expression", "Seurat", function(object, name, m, part = NULL) {
   assay_name <- if (is.null(part)) name else paste0(name, "_", part)
-  if (.is_seurat(object)) {
-    assay <- if (methods::is(m, "DelayedArray")) {
-      # an HDF5-backed DelayedArray needs a v5 assay (.backed_problem checked SeuratObject >= 5)
-      getExportedValue("SeuratObject", "CreateAssay5Object")(data = m)
-    } else {
-      .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
-    }
-    SeuratObject::Key(assay) <- .assay_key(assay_name)
-    object[[assay_name]] <- assay
-    return(object)
+  assay <- if (methods::is(m, "DelayedArray")) {
+    # an HDF5-backed DelayedArray needs a v5 assay (.backed_problem checked SeuratObject >= 5)
+    getExportedValue("SeuratObject", "CreateAssay5Object")(data = m)
+  } else {
+    .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
   }
+  SeuratObject::Key(assay) <- .assay_key(assay_name)
+  object[[assay_name]] <- assay
+  object
+})
+setMethod(".add_expression", "SingleCellExperiment", function(object, name, m, part = NULL) {
+  assay_name <- if (is.null(part)) name else paste0(name, "_", part)
   if (identical(rownames(object), rownames(m))) {
     SummarizedExperiment::assay(object, assay_name, withDimnames = FALSE) <- m
   } else if (is.null(part)) {
@@ -238,25 +272,31 @@
     SingleCellExperiment::altExp(object, name) <- alt
   }
   object
-}
+})
 
 .add_meta <- function(object, df) {
   if (!ncol(df)) return(object)
-  if (.is_seurat(object)) {
-    for (nm in colnames(df)) object[[nm]] <- df[[nm]]
-    return(object)
-  }
+  .put_meta(object, df)
+}
+
+setGeneric(".put_meta", function(object, df) standardGeneric(".put_meta"))
+setMethod(".put_meta", "Seurat", function(object, df) {
+  for (nm in colnames(df)) object[[nm]] <- df[[nm]]
+  object
+})
+setMethod(".put_meta", "SingleCellExperiment", function(object, df) {
   cd <- SummarizedExperiment::colData(object)
   for (nm in colnames(df)) cd[[nm]] <- df[[nm]]
   SummarizedExperiment::colData(object) <- cd
   object
-}
+})
 
-.add_record <- function(object, name, record) {
-  if (.is_seurat(object)) {
-    SeuratObject::Misc(object, slot = name) <- record
-    return(object)
-  }
+setGeneric(".add_record", function(object, name, record) standardGeneric(".add_record"))
+setMethod(".add_record", "Seurat", function(object, name, record) {
+  SeuratObject::Misc(object, slot = name) <- record
+  object
+})
+setMethod(".add_record", "SingleCellExperiment", function(object, name, record) {
   S4Vectors::metadata(object)[[name]] <- record
   object
-}
+})

@@ -127,7 +127,7 @@ sccbgm_validate <- function(object, concepts, edit, group, ..., source = NULL, g
 sccbgm_sweep <- function(object, model, concept, values, ..., group = NULL, cells = NULL,
                          genes = NULL, residual = NULL, n_top = 10L, assay = NULL, layer = NULL,
                          plot = NULL) {
-  args <- .object_and_model(object, model)
+  args <- .object_and_model(object, model, "sccbgm_sweep")
   object <- args$object
   model <- args$model
   .check_string(concept, "concept", null_ok = FALSE)

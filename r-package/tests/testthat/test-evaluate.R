@@ -27,7 +27,7 @@ test_that("sccbgm_evaluate takes Seurat / SCE inputs with per-input layers", {
   skip_if_no_sccbgm()
   sce <- tiny_sce()
   model <- sce_model()
-  edited <- sccbgm_edit(model, sce, set = list(stim = "STIM"), cells = which(sce$stim %in% "ctrl"))
+  edited <- sccbgm_edit(sce, model, set = list(stim = "STIM"), cells = which(sce$stim %in% "ctrl"))
   target <- sce[, which(sce$stim %in% "STIM")]
   SummarizedExperiment::assay(target, "logcounts") <- as.matrix(log1p(
     SummarizedExperiment::assay(target, "counts")))

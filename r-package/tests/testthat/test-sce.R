@@ -5,7 +5,7 @@ test_that("fit and edit on an SCE add an assay, reducedDims and colData", {
   sce <- tiny_sce()
   model <- sce_model()
   expect_identical(model$concept_names, c("stim=ctrl", "stim=STIM", "flag", "dose"))
-  edited <- sccbgm_edit(model, sce, set = list(stim = "STIM", dose = 0.9))
+  edited <- sccbgm_edit(sce, model, set = list(stim = "STIM", dose = 0.9))
   expect_s4_class(edited, "SingleCellExperiment")
   expect_identical(dimnames(edited), dimnames(sce))
   expect_identical(SummarizedExperiment::assayNames(edited), c("counts", "sccbgm"))
@@ -32,14 +32,14 @@ test_that("genes differing from the model's go to an altExp", {
   skip_if_no_sccbgm()
   sce <- tiny_sce()
   model <- fit_small(sce[1:40, ], c("stim", "flag"))
-  edited <- sccbgm_edit(model, sce, set = list(flag = 1), cells = 1:25)
+  edited <- sccbgm_edit(sce, model, set = list(flag = 1), cells = 1:25)
   expect_identical(colnames(edited), colnames(sce)[1:25])
   expect_identical(SummarizedExperiment::assayNames(edited), "counts")
   alt <- SingleCellExperiment::altExp(edited, "sccbgm")
   expect_identical(dimnames(alt), list(rownames(sce)[1:40], colnames(sce)[1:25]))
   expect_identical(SummarizedExperiment::assayNames(alt), "logcounts")
   expect_identical(edited$sccbgm_flag, rep(1L, 25))
-  err <- expect_error(sccbgm_edit(model, sce[5:60, ], set = list(flag = 1)),
+  err <- expect_error(sccbgm_edit(sce[5:60, ], model, set = list(flag = 1)),
                       class = "sccbgm_error")
   expect_match(conditionMessage(err), "the data lack 4 of the model's 40 genes")
 })
@@ -54,11 +54,11 @@ test_that("a model saved and loaded gives the same edit; encode works on SCE", {
   loaded <- sccbgm_load(path)
   expect_identical(loaded$concept_names, model$concept_names)
   expect_identical(loaded$genes, model$genes)
-  a <- sccbgm_edit(model, sce, set = list(flag = 1))
-  b <- sccbgm_edit(loaded, sce, set = list(flag = 1))
+  a <- sccbgm_edit(sce, model, set = list(flag = 1))
+  b <- sccbgm_edit(sce, loaded, set = list(flag = 1))
   expect_equal(SummarizedExperiment::assay(b, "sccbgm"), SummarizedExperiment::assay(a, "sccbgm"),
                tolerance = 1e-6)
-  enc <- sccbgm_encode(loaded, sce, name = "enc")
+  enc <- sccbgm_encode(sce, loaded, name = "enc")
   expect_identical(colnames(SingleCellExperiment::reducedDim(enc, "enc_concepts")),
                    model$concept_names)
   expect_identical(nrow(SingleCellExperiment::reducedDim(enc, "enc_latent")), ncol(sce))
@@ -113,25 +113,33 @@ test_that("an SCE with logcounts only is fitted on them, and its model edits the
                                                      colData = SummarizedExperiment::colData(sce))
   model <- fit_small(lsce, c("stim", "flag"))
   expect_identical(model$input_kind, "lognorm")
-  edited <- sccbgm_edit(model, lsce, set = list(flag = 0))
+  edited <- sccbgm_edit(lsce, model, set = list(flag = 0))
   expect_identical(S4Vectors::metadata(edited)$sccbgm$layer, "logcounts")
   expect_identical(SummarizedExperiment::assayNames(edited), c("logcounts", "sccbgm"))
   # residual edit toward each cell's own flag changes little; toward the other flag, more
-  own <- sccbgm_edit(model, lsce, set = list(flag = lsce$flag))
+  own <- sccbgm_edit(lsce, model, set = list(flag = lsce$flag))
   moved <- abs(SummarizedExperiment::assay(edited, "sccbgm") - logcounts)
   kept <- abs(SummarizedExperiment::assay(own, "sccbgm") - logcounts)
   flipped <- lsce$flag == 1
   expect_lt(mean(kept[, flipped]), mean(moved[, flipped]))
 })
 
-test_that("edit and encode take the object first, and the Python order (model, object) too", {
+test_that("edit, encode and sweep take the object first; the Python order is a clear error", {
   skip_if_no_sccbgm()
   sce <- tiny_sce()
   model <- sce_model()
-  a <- sccbgm_edit(sce, model, set = list(flag = 1))
-  b <- sccbgm_edit(model, sce, set = list(flag = 1))
-  expect_identical(SummarizedExperiment::assay(a, "sccbgm"), SummarizedExperiment::assay(b, "sccbgm"))
   piped <- sce |> sccbgm_encode(model)
   expect_identical(SingleCellExperiment::reducedDim(piped, "sccbgm_concepts"),
-                   SingleCellExperiment::reducedDim(sccbgm_encode(model, sce), "sccbgm_concepts"))
+                   SingleCellExperiment::reducedDim(sccbgm_encode(sce, model), "sccbgm_concepts"))
+  expect_error(sccbgm_edit(model, sce, set = list(flag = 1)),
+               "sccbgm_edit\\(\\)` takes the data object first: sccbgm_edit\\(object, model, ...\\)")
+  expect_error(sccbgm_encode(model, sce), "swap the first two arguments")
+  expect_error(sccbgm_sweep(model, sce, "flag", c(0, 1)), "sccbgm_sweep\\(object, model, ...\\)")
+  expect_error(sccbgm_fit(list(), "flag"), "must be a Seurat or SingleCellExperiment object, not <list>")
+  expect_error(sccbgm_edit(matrix(0, 2, 2), model, set = list(flag = 1)),
+               "must be a Seurat or SingleCellExperiment object")
+  # dispatch is on the class: a method for each container, a fallback that only explains errors
+  expect_true(methods::existsMethod("sccbgm_edit", "SingleCellExperiment"))
+  expect_true(methods::existsMethod("sccbgm_edit", "Seurat"))
+  expect_true(methods::existsMethod("sccbgm_fit", "Seurat"))
 })

@@ -10,7 +10,7 @@ test_that("fit and edit on a Seurat object add an assay, reductions and metadata
   expect_identical(model$genes, rownames(obj))
   expect_output(print(model), "concepts \\(metadata columns\\): stim, flag")
 
-  edited <- sccbgm_edit(model, obj, set = list(stim = "STIM"))
+  edited <- sccbgm_edit(obj, model, set = list(stim = "STIM"))
   expect_s4_class(edited, "Seurat")
   expect_identical(colnames(edited), colnames(obj))
   expect_true("sccbgm" %in% SeuratObject::Assays(edited))
@@ -43,7 +43,7 @@ test_that("edit a subset of cells, with another assay name and a per-cell target
   model <- seurat_model()
   cells <- colnames(obj)[obj$flag == 0]
   target <- rep(c(0, 1), length.out = length(cells))
-  edited <- sccbgm_edit(model, obj, set = list(flag = target), cells = cells, name = "cf",
+  edited <- sccbgm_edit(obj, model, set = list(flag = target), cells = cells, name = "cf",
                         residual = FALSE)
   expect_identical(colnames(edited), cells)
   expect_identical(dim(layer_data(edited, "data", "cf")),
@@ -52,7 +52,7 @@ test_that("edit a subset of cells, with another assay name and a per-cell target
   expect_false(SeuratObject::Misc(edited, "cf")$residual)
   expect_true(all(c("cf_concepts", "cf_unknown") %in% SeuratObject::Reductions(edited)))
   # the same cells chosen by a logical vector
-  by_mask <- sccbgm_edit(model, obj, set = list(flag = target), cells = obj$flag == 0,
+  by_mask <- sccbgm_edit(obj, model, set = list(flag = target), cells = obj$flag == 0,
                          name = "cf", residual = FALSE)
   expect_identical(layer_data(by_mask, "data", "cf"),
                    layer_data(edited, "data", "cf"))
@@ -61,7 +61,7 @@ test_that("edit a subset of cells, with another assay name and a per-cell target
 test_that("encode adds concept, unknown and latent reductions", {
   skip_if_no_sccbgm()
   obj <- tiny_seurat()
-  enc <- sccbgm_encode(seurat_model(), obj)
+  enc <- sccbgm_encode(obj, seurat_model())
   expect_true(all(c("sccbgm_concepts", "sccbgm_unknown", "sccbgm_latent") %in%
                     SeuratObject::Reductions(enc)))
   p <- SeuratObject::Embeddings(enc, "sccbgm_concepts")
@@ -74,15 +74,15 @@ test_that("log-normalised input (the data slot) works too, and is the default fo
   skip_if_no_sccbgm()
   obj <- tiny_seurat()
   expect_identical(seurat_model()$input_kind, "counts")
-  expect_identical(SeuratObject::Misc(sccbgm_edit(seurat_model(), obj, set = list(flag = 1)),
+  expect_identical(SeuratObject::Misc(sccbgm_edit(obj, seurat_model(), set = list(flag = 1)),
                                       "sccbgm")$layer, "counts")
   model <- fit_small(obj, "stim", layer = "data")
   expect_identical(model$input_kind, "lognorm")
-  edited <- sccbgm_edit(model, obj, set = list(stim = "ctrl"), layer = "data")
+  edited <- sccbgm_edit(obj, model, set = list(stim = "ctrl"), layer = "data")
   expect_identical(dim(layer_data(edited, "data", "sccbgm")),
                    dim(obj))
   # without `layer`, the model's own kind of input (the data slot) is used
-  by_default <- sccbgm_edit(model, obj, set = list(stim = "ctrl"))
+  by_default <- sccbgm_edit(obj, model, set = list(stim = "ctrl"))
   expect_identical(SeuratObject::Misc(by_default, "sccbgm")$layer, "data")
   expect_identical(layer_data(by_default, "data", "sccbgm"), layer_data(edited, "data", "sccbgm"))
   # an object with log-normalised data only: fit takes `data` without being told
@@ -90,7 +90,7 @@ test_that("log-normalised input (the data slot) works too, and is the default fo
   SeuratObject::Key(assay) <- "rna_"
   data_only <- SeuratObject::CreateSeuratObject(assay, meta.data = obj[[]])
   expect_identical(fit_small(data_only, "stim")$input_kind, "lognorm")
-  expect_error(sccbgm_edit(model, obj, set = list(stim = "ctrl"), layer = "nope"),
+  expect_error(sccbgm_edit(obj, model, set = list(stim = "ctrl"), layer = "nope"),
                "slot 'nope'|layer 'nope'")
 })
 
@@ -108,15 +108,15 @@ test_that("bad input gives clear R errors", {
   err <- expect_error(sccbgm_fit(obj, "stim", not_an_option = 1), class = "sccbgm_error")
   expect_match(conditionMessage(err), "unknown option\\(s\\) \\['not_an_option'\\]")
   expect_no_match(conditionMessage(err), "Traceback")
-  err <- expect_error(sccbgm_edit(model, obj, set = list(stim = "LPS")), class = "sccbgm_error")
+  err <- expect_error(sccbgm_edit(obj, model, set = list(stim = "LPS")), class = "sccbgm_error")
   expect_match(conditionMessage(err), "unknown category \\['LPS'\\] for concept 'stim'")
-  expect_error(sccbgm_edit(model, obj, set = list(dose = 1)), "not a concept of this model")
-  expect_error(sccbgm_edit(model, obj, set = list("STIM")), "must be a named list")
-  expect_error(sccbgm_edit(model, obj, set = list(stim = NA)), "contains NA")
-  expect_error(sccbgm_edit(model, obj, set = list(flag = c(0, 1))), "has 2 values but 80 cells")
-  expect_error(sccbgm_edit(model, obj, set = list(flag = 1), cells = "nope"),
+  expect_error(sccbgm_edit(obj, model, set = list(dose = 1)), "not a concept of this model")
+  expect_error(sccbgm_edit(obj, model, set = list("STIM")), "must be a named list")
+  expect_error(sccbgm_edit(obj, model, set = list(stim = NA)), "contains NA")
+  expect_error(sccbgm_edit(obj, model, set = list(flag = c(0, 1))), "has 2 values but 80 cells")
+  expect_error(sccbgm_edit(obj, model, set = list(flag = 1), cells = "nope"),
                "`cells` not found")
-  expect_error(sccbgm_edit(list(), obj, set = list(flag = 1)), "must be an sccbgm model")
-  expect_error(sccbgm_edit(model, SingleCellExperiment::SingleCellExperiment(), set = list(flag = 1)),
+  expect_error(sccbgm_edit(obj, list(), set = list(flag = 1)), "must be an sccbgm model")
+  expect_error(sccbgm_edit(SingleCellExperiment::SingleCellExperiment(), model, set = list(flag = 1)),
                "assay 'counts' not found")
 })
