@@ -280,6 +280,7 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -314,6 +315,12 @@ def edit(
         Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
     n_steps
         Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
+    out
+        Path of an ``.h5ad`` to stream the result to, chunk by chunk (memory independent of the
+        number of cells; a backed input, ``anndata.read_h5ad(path, backed="r")``, is read in
+        sorted chunks). The file's ``X`` is a dense float32 HDF5 dataset (n_cells, n_genes)
+        chunked by rows; obs / var / obsm / uns are those of the in-memory result. The input
+        file cannot be the output. Returns the result opened backed (``backed="r"``).
 
     Returns
     -------
@@ -324,7 +331,7 @@ def edit(
     factors (u; z for CVAE models; width 0 for vanilla FM); flow models add ``X_noise`` (n, D),
     the noise y_0 the flow decoded. uns ``sccbgm_edit`` records the edit (``mode``: "abduction"
     for autoencoders; flows add ``solver``, ``n_steps`` and, for decode, ``seed``). The input is
-    never modified.
+    never modified. With ``out``: the same, read back backed from that file.
     """
     from sccbgm.editing import edit_cells
     from sccbgm.train import torch_threads
@@ -333,7 +340,8 @@ def edit(
     _check_adata(adata)
     with torch_threads(None):
         return edit_cells(
-            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps
+            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
+            out=out,
         )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,20 @@ def _strongest_task(adata: Any) -> Any:
     return max(eligible_intervention_tasks(adata), key=lambda t: (strength[names.index(t.concept)], t.cell_type))
 
 
+def _read_backed(path: str) -> Any:
+    """An .h5ad opened backed ("r"), with a clear error when it cannot be read."""
+    import anndata as ad
+
+    from sccbgm.errors import SCCBGMError
+
+    if not os.path.exists(path):
+        raise SCCBGMError(f"no such file: {path}")
+    try:
+        return ad.read_h5ad(path, backed="r")
+    except Exception as err:  # h5py / anndata raise many types for a bad file
+        raise SCCBGMError(f"cannot read {path} as .h5ad: {err}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
@@ -144,14 +159,22 @@ def main(argv: list[str] | None = None) -> int:
             sccbgm.save(model, args.out)
             print(f"{model}\nwrote {args.out}")
         elif args.command == "edit":
-            import anndata as ad
-
             import sccbgm
 
-            edited = sccbgm.edit(sccbgm.load(args.model), ad.read_h5ad(args.h5ad), json.loads(args.set),
-                                 layer=args.layer, residual=False if args.decoder_output else None)
-            edited.write_h5ad(args.out)
-            print(f"edited {edited.n_obs} cells; wrote {args.out}")
+            if Path(args.out).resolve() == Path(args.h5ad).resolve():
+                raise SCCBGMError(f"--out {args.out} is the input file; write the edit to a new file.")
+            try:
+                settings = json.loads(args.set)
+            except json.JSONDecodeError as err:
+                raise SCCBGMError(f"--set is not valid JSON ({err}): {args.set!r}") from None
+            source = _read_backed(args.h5ad)
+            try:
+                edited = sccbgm.edit(sccbgm.load(args.model), source, settings, layer=args.layer,
+                                     residual=False if args.decoder_output else None, out=args.out)
+                print(f"edited {edited.n_obs} cells; wrote {args.out}")
+                edited.file.close()
+            finally:
+                source.file.close()
     except SCCBGMError as err:
         print(f"sccbgm: error: {err}", file=sys.stderr)
         return 2

@@ -16,17 +16,25 @@ Two outputs in gene space (log-normalised), chosen by ``residual``:
 
 The default is residual-preserving because it is more accurate cell by cell on the simulator's
 true counterfactuals and no worse on real held-out populations (README, "Which edit is default").
+
+Cells are read, edited and written in chunks of :func:`sccbgm.data.chunk_rows` cells (bounded
+cells x genes); a backed input is read in sorted row order. With ``out=path`` the result is
+written chunk by chunk to an ``.h5ad`` (:class:`H5adSink`), so memory does not grow with the
+number of cells beyond a few numbers per cell (obs, concepts, unknown factors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
-from sccbgm.data import CHUNK, check_values, dense_rows, get_matrix
+from sccbgm.data import check_values, chunk_rows, get_matrix
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
 
@@ -111,11 +119,10 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     import anndata as ad
 
     rows = select_cells(adata, cells)
-    sub = model_matrix(model, adata, rows, layer)
     tr = model.transform
     parts: dict[str, list[np.ndarray]] = {"concepts": [], "unknown": [], "latent": []}
-    for _, block in tr.iter_chunks(sub, np.arange(sub.shape[0])):
-        out = _abduct(model, tr.features(block))
+    for _, raw in read_chunks(model, adata, rows, layer):
+        out = _abduct(model, tr.features(tr.lognorm(raw)))
         for k in parts:
             parts[k].append(out[k])
     res = {k: np.concatenate(v).astype(np.float32) for k, v in parts.items()}
@@ -130,6 +137,123 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     return enc
 
 
+def read_chunks(
+    model: Model, adata: Any, rows: np.ndarray, layer: str | None
+) -> Iterator[tuple[slice, Any]]:
+    """Yield (positions in ``rows``, raw block of those cells x model genes) in chunks.
+
+    Each chunk is read from the matrix as one row slice when its cells are consecutive, else as
+    sorted unique rows (what backed HDF5 needs), then put back in the order of ``rows``. Values
+    are validated per chunk; a counts model refuses non-integer data.
+    """
+    matrix = get_matrix(adata, layer)
+    cols = align_genes(adata, model.genes)
+    step = chunk_rows(len(model.genes) if cols is None else max(len(model.genes), matrix.shape[1]))
+    for s in range(0, rows.size, step):
+        pos = slice(s, min(s + step, rows.size))
+        idx = rows[pos]
+        if idx[-1] - idx[0] + 1 == idx.size and (np.diff(idx) == 1).all():
+            block = matrix[int(idx[0]) : int(idx[-1]) + 1]
+        else:
+            uniq, inverse = np.unique(idx, return_inverse=True)
+            block = matrix[uniq]
+            block = block[inverse]
+        if cols is not None:
+            block = block[:, cols]
+        if not sp.issparse(block):
+            block = np.asarray(block)
+        is_int = check_values(block)
+        if model.transform.input_kind == "counts" and not is_int:
+            raise SCCBGMError(
+                "the model was trained on raw counts but these data are not integer counts; pass the "
+                "counts (e.g. `layer='counts'`)."
+            )
+        yield pos, block
+
+
+class MemorySink:
+    """Collects the per-cell outputs of an edit into in-memory arrays (n, width) float32."""
+
+    def __init__(self, n_cells: int) -> None:
+        self.n_cells = n_cells
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, pos: slice, values: np.ndarray) -> None:
+        if name not in self.arrays:
+            self.arrays[name] = np.empty((self.n_cells, values.shape[1]), dtype=np.float32)
+        self.arrays[name][pos] = values
+
+
+class H5adSink(MemorySink):
+    """Writes an edit to an ``.h5ad`` chunk by chunk (the on-disk contract of ``edit(out=)``).
+
+    ``X`` is a dense float32 HDF5 dataset (n_cells, n_genes), chunked by rows (about 1 MiB per
+    HDF5 chunk), and each obsm array a float32 dataset; :meth:`finish` adds obs / var / uns and
+    the empty layers / obsp / varm / varp with anndata's own writer. The file is written under a
+    temporary name next to ``path`` and renamed into place at the end, so a failed edit leaves
+    no partial file.
+    """
+
+    def __init__(self, n_cells: int, path: str | os.PathLike[str]) -> None:
+        import h5py
+
+        super().__init__(n_cells)
+        self.path = Path(path)
+        if self.path.suffix != ".h5ad":
+            raise SCCBGMError(f"out must be an .h5ad path, not {str(path)!r}.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.file = h5py.File(self.tmp, "w")
+        self.datasets: dict[str, Any] = {}
+
+    def put(self, name: str, pos: slice, values: np.ndarray) -> None:
+        if name not in self.datasets:
+            width = int(values.shape[1])
+            group = self.file if name == "X" else self.file.require_group("obsm")
+            key = "X" if name == "X" else name
+            rows = max(1, min(self.n_cells, (1 << 18) // max(width, 1)))
+            ds = group.create_dataset(
+                key, shape=(self.n_cells, width), dtype="float32", chunks=(rows, width) if width else None
+            )
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            self.datasets[name] = ds
+        self.datasets[name][pos] = np.asarray(values, dtype=np.float32)
+
+    def finish(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any]) -> Any:
+        """Complete the file, move it into place and return it opened backed ("r")."""
+        import anndata as ad
+        from anndata.io import write_elem
+
+        f = self.file
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        obsm = f.require_group("obsm")
+        for key in ("encoding-type", "encoding-version"):
+            obsm.attrs[key] = {"encoding-type": "dict", "encoding-version": "0.1.0"}[key]
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", var)
+        write_elem(f, "uns", uns)
+        for key in ("layers", "obsp", "varm", "varp"):
+            write_elem(f, key, {})
+        f.close()
+        os.replace(self.tmp, self.path)
+        return ad.read_h5ad(self.path, backed="r")
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _check_out(adata: Any, out: str | os.PathLike[str]) -> None:
+    """Refuse to write the edit over the input file."""
+    src = getattr(adata, "filename", None)
+    if src is not None and Path(out).resolve() == Path(src).resolve():
+        raise SCCBGMError(f"out={str(out)!r} is the input file; write the edit to a new file.")
+
+
 def edit_cells(
     model: Model,
     adata: Any,
@@ -141,11 +265,13 @@ def edit_cells(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
     The prediction step of each model family (decoder, or flow with ``mode`` / ``seed`` /
-    ``n_steps``) is :class:`sccbgm.flows.Counterfactual`.
+    ``n_steps``) is :class:`sccbgm.flows.Counterfactual`. With ``out`` the result is streamed
+    to that ``.h5ad`` and returned opened backed.
     """
     import anndata as ad
 
@@ -154,7 +280,6 @@ def edit_cells(
     predict = Counterfactual(model, mode=mode, seed=seed, n_steps=n_steps)
     residual = model.default_residual if residual is None else bool(residual)
     rows = select_cells(adata, cells)
-    sub = model_matrix(model, adata, rows, layer)
     n = rows.size
     spec, tr = model.spec, model.transform
     target, assigned = spec.target_values(set_, n)
@@ -165,23 +290,6 @@ def edit_cells(
     for sl in spec.slices().values():
         same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
         assigned[same, sl] = False
-
-    out = np.empty((n, len(tr.genes)), dtype=np.float32)
-    c_fact = np.empty((n, spec.n_concepts), dtype=np.float32)
-    c_edit = np.empty_like(c_fact)
-    unknown, noise = [], []
-    for s in range(0, n, CHUNK):
-        sl = slice(s, min(s + CHUNK, n))
-        x_log = tr.lognorm(dense_rows(sub, sl))
-        pred = predict(tr.features(x_log), observed[sl], obs_mask[sl], target[sl], assigned[sl], residual)
-        x_new = tr.to_genes(pred.edited)
-        if residual:
-            x_new = x_log + x_new - tr.to_genes(pred.factual)
-        out[sl] = np.clip(x_new, 0.0, None)
-        c_fact[sl], c_edit[sl] = pred.concepts_factual, pred.concepts_edited
-        unknown.append(pred.unknown)
-        if pred.noise is not None:
-            noise.append(pred.noise)
 
     new_obs = obs.copy()
     slices = spec.slices()
@@ -196,21 +304,49 @@ def edit_cells(
         else:
             new_obs[name] = values
     var = adata.var.loc[model.genes].copy() if set(model.genes) <= set(adata.var_names) else None
-    edited = ad.AnnData(X=out, obs=new_obs, var=var if var is not None else pd.DataFrame(index=model.genes))
-    edited.obsm["X_concepts_factual"] = c_fact
-    edited.obsm["X_concepts_edited"] = c_edit
-    edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
-    if noise:
-        edited.obsm["X_noise"] = np.concatenate(noise).astype(np.float32)
-    edited.uns["sccbgm_edit"] = {
-        "model": model.name,
-        "concept_names": model.concept_names,
-        "set": {k: _jsonable(v) for k, v in set_.items()},
-        "residual": residual,
-        "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
-        "target_sum": tr.target_sum,
-        **predict.metadata(),
-    }
+    if var is None:
+        var = pd.DataFrame(index=model.genes)
+
+    if out is not None:
+        _check_out(adata, out)
+    sink: MemorySink = MemorySink(n) if out is None else H5adSink(n, out)
+    try:
+        for pos, raw in read_chunks(model, adata, rows, layer):
+            x_log = tr.lognorm(raw)
+            if sp.issparse(x_log):
+                x_log = x_log.toarray()
+            pred = predict(tr.features(x_log), observed[pos], obs_mask[pos], target[pos], assigned[pos], residual)
+            x_new = tr.to_genes(pred.edited)
+            if residual:
+                x_new = x_log + x_new - tr.to_genes(pred.factual)
+            sink.put("X", pos, np.clip(x_new, 0.0, None))
+            sink.put("X_concepts_factual", pos, pred.concepts_factual)
+            sink.put("X_concepts_edited", pos, pred.concepts_edited)
+            sink.put("X_unknown", pos, pred.unknown)
+            if pred.noise is not None:
+                sink.put("X_noise", pos, pred.noise)
+        uns = {
+            "sccbgm_edit": {
+                "model": model.name,
+                "concept_names": model.concept_names,
+                "set": {k: _jsonable(v) for k, v in set_.items()},
+                "residual": residual,
+                "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
+                "target_sum": tr.target_sum,
+                **predict.metadata(),
+            }
+        }
+        if isinstance(sink, H5adSink):
+            return sink.finish(new_obs, var, uns)
+    except BaseException:
+        if isinstance(sink, H5adSink):
+            sink.abort()
+        raise
+    arrays = sink.arrays
+    edited = ad.AnnData(X=arrays.pop("X"), obs=new_obs, var=var)
+    for key, value in arrays.items():
+        edited.obsm[key] = value
+    edited.uns.update(uns)
     return edited
 
 
