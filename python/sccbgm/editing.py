@@ -313,13 +313,13 @@ def edit_cells(
     try:
         for pos, raw in read_chunks(model, adata, rows, layer):
             x_log = tr.lognorm(raw)
-            if sp.issparse(x_log):
-                x_log = x_log.toarray()
             pred = predict(tr.features(x_log), observed[pos], obs_mask[pos], target[pos], assigned[pos], residual)
-            x_new = tr.to_genes(pred.edited)
-            if residual:
-                x_new = x_log + x_new - tr.to_genes(pred.factual)
-            sink.put("X", pos, np.clip(x_new, 0.0, None))
+            if residual:  # x + T^-1(x_hat') - T^-1(x_hat): the mean of T^-1 cancels
+                x_new = tr.shift_to_genes(pred.edited - pred.factual)
+                _add_into(x_new, x_log)
+            else:
+                x_new = tr.to_genes(pred.edited).astype(np.float32)
+            sink.put("X", pos, np.clip(x_new, 0.0, None, out=x_new))
             sink.put("X_concepts_factual", pos, pred.concepts_factual)
             sink.put("X_concepts_edited", pos, pred.concepts_edited)
             sink.put("X_unknown", pos, pred.unknown)
@@ -348,6 +348,16 @@ def edit_cells(
         edited.obsm[key] = value
     edited.uns.update(uns)
     return edited
+
+
+def _add_into(dense: np.ndarray, other: Any) -> None:
+    """``dense += other`` in place for a dense or CSR ``other`` (never densifies ``other``)."""
+    if sp.issparse(other):
+        other = sp.csr_matrix(other)
+        rows = np.repeat(np.arange(other.shape[0]), np.diff(other.indptr))
+        dense[rows, other.indices] += other.data
+    else:
+        dense += other
 
 
 def _jsonable(value: Any) -> Any:
