@@ -12,6 +12,8 @@ Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.su
 * ``overhead`` -- the training loop's cost against a bare torch loop on the same module.
 * ``metrics`` -- time and peak memory of MMD, Frechet and Sinkhorn at the paper's size.
 * ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`).
+* ``scale`` -- time and peak memory of fit and edit at 10k-1M cells and 20k-30k genes, next to
+  scanpy + a bare torch loop (:mod:`sccbgm.bench.scale`; ``--quick`` for small sizes).
 
 Each writes ``results.csv`` (every run), ``report.md`` (paper-style tables, mean ± SEM, best
 bolded, floors, and whether the paper's ordering holds) and PNG plots to ``--out``.
@@ -177,8 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     me.add_argument("--cells", type=int, default=20000)
     me.add_argument("--features", type=int, default=50)
     from sccbgm.bench.real import add_parser as add_real_parser
+    from sccbgm.bench.scale import add_parser as add_scale_parser
 
     add_real_parser(sub)
+    add_scale_parser(sub)
     args = parser.parse_args(argv)
     scale = getattr(args, "scale", None) or "quick"
     if args.command == "synthetic":
@@ -200,4 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         from sccbgm.bench.real import main_real
 
         main_real(args)
+    elif args.command == "scale":
+        from sccbgm.bench.scale import main_scale
+
+        main_scale(args)
     return 0
