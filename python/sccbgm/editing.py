@@ -309,9 +309,13 @@ def edit_cells(
 
     if out is not None:
         _check_out(adata, out)
+    from tqdm.auto import tqdm
+
     sink: MemorySink = MemorySink(n) if out is None else H5adSink(n, out)
+    bar = tqdm(total=n, desc="edit", unit="cells", disable=None, leave=False)  # shown on a terminal only
     try:
         for pos, raw in read_chunks(model, adata, rows, layer):
+            bar.update(pos.stop - pos.start)
             x_log = tr.lognorm(raw)
             pred = predict(tr.features(x_log), observed[pos], obs_mask[pos], target[pos], assigned[pos], residual)
             if residual:  # x + T^-1(x_hat') - T^-1(x_hat): the mean of T^-1 cancels
@@ -342,6 +346,8 @@ def edit_cells(
         if isinstance(sink, H5adSink):
             sink.abort()
         raise
+    finally:
+        bar.close()
     arrays = sink.arrays
     edited = ad.AnnData(X=arrays.pop("X"), obs=new_obs, var=var)
     for key, value in arrays.items():
