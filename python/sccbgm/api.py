@@ -27,6 +27,35 @@ _CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight",
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
 _FLOW_MODULE_OPTIONS = {"flow_hidden_dim", "flow_n_layers", "flow_dropout", "flow_time_dim"}
 _FLOW_TRAIN_OPTIONS = {f"flow_{k}" for k in _TRAIN_OPTIONS}
+# option -> (kind, smallest allowed value): a wrong type or range is an SCCBGMError up front
+_OPTION_RANGES = {
+    "hidden_dim": ("int", 1), "n_layers": ("int", 1), "latent_dim": ("int", 1), "unknown_dim": ("int", 1),
+    "concept_embedding_dim": ("int", 1), "epochs": ("int", 1), "batch_size": ("int", 2),
+    "flow_hidden_dim": ("int", 1), "flow_n_layers": ("int", 1), "flow_time_dim": ("int", 2),
+    "flow_epochs": ("int", 1), "flow_batch_size": ("int", 2),
+    "dropout": ("float", 0.0), "concept_weight": ("float", 0.0), "cross_cov_weight": ("float", 0.0),
+    "kl_weight": ("float", 0.0), "lr": ("float", 0.0), "lr_decay": ("float", 0.0),
+    "weight_decay": ("float", 0.0), "grad_clip": ("float", 0.0), "flow_dropout": ("float", 0.0),
+    "flow_lr": ("float", 0.0), "flow_lr_decay": ("float", 0.0), "flow_weight_decay": ("float", 0.0),
+    "flow_grad_clip": ("float", 0.0),
+}
+
+
+def _check_option_values(options: Mapping[str, Any]) -> None:
+    """Integer options are whole numbers >= their minimum; numeric ones finite and >= 0."""
+    for name, value in options.items():
+        if name not in _OPTION_RANGES or (value is None and name == "concept_embedding_dim"):
+            continue
+        kind, low = _OPTION_RANGES[name]
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if kind == "int":
+            ok = number and float(value).is_integer() and value >= low
+            want = f"a whole number >= {low}"
+        else:
+            ok = number and bool(np.isfinite(value)) and value >= low
+            want = "a finite number >= 0"
+        if not ok:
+            raise SCCBGMError(f"option {name} must be {want}, not {value!r}.")
 
 
 def _check_adata(adata: Any, what: str = "adata") -> None:
@@ -138,6 +167,9 @@ def fit(
             f"training options: {sorted(_TRAIN_OPTIONS)}, flow options: "
             f"{sorted(_FLOW_MODULE_OPTIONS | _FLOW_TRAIN_OPTIONS)}."
         )
+    _check_option_values(options)
+    options = {k: int(v) if _OPTION_RANGES.get(k, ("",))[0] == "int" and v is not None else v
+               for k, v in options.items()}
     misplaced = sorted(set(options) - module_keys - train_keys - flow_keys)
     if misplaced:
         why = "the given `base` is already trained" if base is not None else "they belong to another model"
@@ -166,6 +198,7 @@ def fit(
     else:
         spec = ConceptSpec.from_obs(adata.obs, concepts)
         matrix = get_matrix(adata, layer)
+        _check_fit_memory(matrix, representation, cfg, flow=model.endswith("-fm"))
         values, mask = spec.encode(adata.obs)
         transform = InputTransform.fit(
             matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
@@ -189,9 +222,9 @@ def fit(
     }
     if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
         options_record["flow"] = cfg["flow"]
-    from sccbgm.train import torch_threads
+    from sccbgm.train import preserve_rng, torch_threads
 
-    with torch_threads(num_threads):
+    with torch_threads(num_threads), preserve_rng():
         if model in ("sccbgm", "cbgm"):
             return _fit_vae(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
         from sccbgm.flows import fit_model
@@ -203,6 +236,58 @@ def fit(
             model, matrix, transform, spec, values, mask, cfg, options_record,
             seed=seed, device=device, progress=progress, base=base,
         )
+
+
+def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, flow: bool = False) -> None:
+    """Refuse a fit whose dense working memory exceeds the available memory (SCCBGMError).
+
+    PCA: the G x G Gram matrix, covariance, eigenvectors and eigh workspace (4 G^2 float64,
+    :func:`sccbgm.data._pca`); genes: the first and last layers (G x hidden) with their gradients
+    and Adam moments, plus dense minibatches. Both add the dense chunks streamed through X.
+    """
+    from sccbgm.data import CHUNK, require_memory
+
+    n, g = (int(v) for v in matrix.shape)
+    net = _network_bytes(cfg, g if representation == "genes" else int(cfg.get("n_pcs", 64)) + 16, flow=flow)
+    require_memory(
+        net, "the network (weights, gradients and Adam moments)",
+        "lower hidden_dim / n_layers (or flow_hidden_dim / flow_n_layers)",
+    )
+    chunks = min(n, CHUNK) * g * 8 * 3
+    if representation == "genes":
+        batch = int(cfg["train"].get("batch_size", 128))
+        need = net + min(batch, n) * g * 8 * 6 + chunks
+        advice = "use fewer genes (e.g. highly variable genes) or representation='pca'"
+    else:
+        need = net + 4 * g * g * 8 + chunks
+        advice = ("select fewer genes first, e.g. sc.pp.highly_variable_genes(adata, n_top_genes=5000, "
+                  "subset=True)")
+    require_memory(need, f"fitting on {g:,} genes with representation={representation!r}", advice)
+
+
+def _network_bytes(cfg: dict[str, Any], in_dim: int, *, flow: bool = False) -> float:
+    """Rough float32 bytes of the autoencoder and flow networks with gradients and Adam moments
+    (16 bytes per parameter): encoder + decoder of ``n_layers`` hidden x hidden layers and their
+    input/output layers; the flow likewise."""
+    def mlp(hidden: Any, layers: Any, width: float) -> float:
+        try:
+            h, n_layers = float(hidden or 0), float(layers or 0)
+        except (TypeError, ValueError):  # a bad option value: the module config reports it
+            return 0.0
+        return n_layers * h * h + 2 * h * width
+
+    def num(value: Any) -> float:
+        try:
+            return float(value or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    m, f = cfg.get("module", {}), cfg.get("flow", {}).get("module", {})
+    wide = in_dim + 2 * num(m.get("latent_dim")) + num(m.get("unknown_dim"))
+    params = 2 * mlp(m.get("hidden_dim", 256), m.get("n_layers", 2), wide)
+    if flow:
+        params += mlp(f.get("hidden_dim", 0), f.get("n_layers", 0), 2 * in_dim)
+    return 16 * params
 
 
 def _applicable_options(model: str, base: Model | None) -> tuple[set[str], set[str], set[str]]:

@@ -48,6 +48,27 @@ import scipy.sparse as sp
 
 from sccbgm.errors import SCCBGMError
 
+_WARNINGS: list[str] = []
+
+
+def _keep_warning(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+    _WARNINGS.append(str(message))
+
+
+def capture_warnings() -> None:
+    """Collect Python warnings for R (``take_warnings``) instead of printing them to stderr, so
+    that the R package re-raises them as R warnings (``r-package/R/python.R``, ``.py_call``)."""
+    import warnings
+
+    warnings.showwarning = _keep_warning
+
+
+def take_warnings() -> list[str]:
+    """The warnings collected since the last call (and forget them)."""
+    out = list(_WARNINGS)
+    _WARNINGS.clear()
+    return out
+
 __all__ = [
     "anndata_from_spec",
     "anndata_to_spec",

@@ -9,12 +9,14 @@ PNGs, the fitted model) to DIR.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 
 def demo(out: str | Path, *, n_cells: int = 4000, n_genes: int = 500, seed: int = 0) -> Path:
@@ -96,34 +98,87 @@ def _strongest_task(adata: Any) -> Any:
     return max(eligible_intervention_tasks(adata), key=lambda t: (strength[names.index(t.concept)], t.cell_type))
 
 
-def _read_backed(path: str) -> Any:
-    """An .h5ad opened backed ("r"), with a clear error when it cannot be read."""
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is ONE line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"sccbgm: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _input_file(path: str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"{what} {path!r} does not exist" + (" (it is a folder)." if p.is_dir() else "."))
+    return p
+
+
+def _check_output(out: str, inputs: list[Path], overwrite: bool, *, folder: bool = False) -> Path:
+    """Refuse to write over an input (always) or over an existing output (without --overwrite)."""
+    p = Path(out)
+    for src in inputs:
+        if (p.exists() and src.exists() and os.path.samefile(p, src)) or p.resolve() == src.resolve():
+            raise UsageError(f"--out {out!r} is an input of this command; sccbgm never writes over its inputs.")
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise UsageError(f"--out {out!r} exists and is not a folder.")
+        if p.is_dir() and any(p.iterdir()) and not overwrite:
+            raise UsageError(f"--out folder {out!r} is not empty; pass --overwrite to write into it.")
+        return p
+    if p.is_dir():
+        raise UsageError(f"--out {out!r} is a folder; give a file name.")
+    if p.exists() and not overwrite:
+        raise UsageError(f"--out {out!r} already exists; pass --overwrite to replace it, or choose another name.")
+    if not p.resolve().parent.is_dir():
+        raise UsageError(f"the folder of --out {out!r} does not exist.")
+    return p
+
+
+def _read_h5ad(path: Path, *, backed: bool = False) -> Any:
     import anndata as ad
 
-    from sccbgm.errors import SCCBGMError
-
-    if not os.path.exists(path):
-        raise SCCBGMError(f"no such file: {path}")
     try:
-        return ad.read_h5ad(path, backed="r")
-    except Exception as err:  # h5py / anndata raise many types for a bad file
-        raise SCCBGMError(f"cannot read {path} as .h5ad: {err}") from None
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except Exception as err:  # noqa: BLE001 (any reader failure is a bad input file)
+        raise UsageError(f"cannot read {str(path)!r} as an .h5ad file ({type(err).__name__}: {err}).") from None
+
+
+def _parse_set(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(
+            f"--set is not valid JSON ({err.msg} at character {err.pos}): {text!r}; write e.g. "
+            '--set \'{"stim": "STIM"}\'.'
+        ) from None
+    if not isinstance(value, dict) or not value:
+        raise UsageError(f'--set must be a non-empty JSON object {{"column": value}}, not {text!r}.')
+    return value
+
+
+class UsageError(Exception):
+    """A user error found by the command line itself (bad file, bad --set, existing output)."""
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 user error, 1 internal error).
+
+    No failure prints a Python traceback: a user error (SCCBGMError, bad file, bad --set,
+    existing output) is one line ``sccbgm: error: ...`` and exit code 2; an unexpected internal
+    error is one line and exit code 1 (set ``SCCBGM_DEBUG=1`` for the traceback).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":
         from sccbgm.bench import main as bench_main
 
         return bench_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="sccbgm", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="sccbgm", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     d = sub.add_parser("demo", help="simulate -> fit -> edit -> evaluate, with a report")
-    d.add_argument("--out", default="out/demo")
+    d.add_argument("--out", default="out/demo", help="report folder (must be empty unless --overwrite)")
     d.add_argument("--cells", type=int, default=4000)
     d.add_argument("--genes", type=int, default=500)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
     sub.add_parser("bench", help="benchmarks (see `sccbgm bench --help`)")
     f = sub.add_parser("fit", help="fit a model on an .h5ad file")
     f.add_argument("h5ad")
@@ -133,49 +188,67 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--out", required=True, help="model file to write")
+    f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
     e.add_argument("h5ad")
     e.add_argument("--model", required=True)
     e.add_argument("--set", required=True, help='JSON, e.g. \'{"stim": "STIM"}\'')
     e.add_argument("--layer")
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
-    e.add_argument("--out", required=True, help=".h5ad to write")
+    e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
 
     from sccbgm.errors import SCCBGMError
 
     try:
         if args.command == "demo":
+            _check_output(args.out, [], args.overwrite, folder=True)
             demo(args.out, n_cells=args.cells, n_genes=args.genes, seed=args.seed)
         elif args.command == "fit":
-            import anndata as ad
-
+            data = _input_file(args.h5ad, "input file")
+            out = _check_output(args.out, [data], args.overwrite)
             import sccbgm
 
-            opts = {"epochs": args.epochs} if args.epochs else {}
-            model = sccbgm.fit(ad.read_h5ad(args.h5ad), args.concepts, model=args.model, preset=args.preset,
+            opts = {"epochs": args.epochs} if args.epochs is not None else {}
+            model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
                                layer=args.layer, seed=args.seed, **opts)
-            sccbgm.save(model, args.out)
-            print(f"{model}\nwrote {args.out}")
+            sccbgm.save(model, out)
+            print(f"{model}\nwrote {out}")
         elif args.command == "edit":
+            data = _input_file(args.h5ad, "input file")
+            model_path = _input_file(args.model, "model file")
+            out = _check_output(args.out, [data, model_path], args.overwrite)
+            set_ = _parse_set(args.set)
             import sccbgm
 
-            if Path(args.out).resolve() == Path(args.h5ad).resolve():
-                raise SCCBGMError(f"--out {args.out} is the input file; write the edit to a new file.")
+            model = sccbgm.load(model_path)
+            source = _read_h5ad(data, backed=True)  # read in sorted chunks, written chunk by chunk
             try:
-                settings = json.loads(args.set)
-            except json.JSONDecodeError as err:
-                raise SCCBGMError(f"--set is not valid JSON ({err}): {args.set!r}") from None
-            source = _read_backed(args.h5ad)
-            try:
-                edited = sccbgm.edit(sccbgm.load(args.model), source, settings, layer=args.layer,
-                                     residual=False if args.decoder_output else None, out=args.out)
-                print(f"edited {edited.n_obs} cells; wrote {args.out}")
+                edited = sccbgm.edit(model, source, set_, layer=args.layer,
+                                     residual=False if args.decoder_output else None, out=out)
+                print(f"edited {edited.n_obs} cells; wrote {out}")
                 edited.file.close()
             finally:
                 source.file.close()
-    except SCCBGMError as err:
-        print(f"sccbgm: error: {err}", file=sys.stderr)
+    except (SCCBGMError, UsageError) as err:
+        print(f"sccbgm: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("sccbgm: interrupted; nothing was written over an existing file.", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("sccbgm: error: out of memory; use fewer cells or genes (see docs/reliability.md).", file=sys.stderr)
+        return 2
+    except Exception as err:  # noqa: BLE001 (no traceback for a CLI user)
+        if os.environ.get("SCCBGM_DEBUG"):
+            raise
+        print(f"sccbgm: internal error ({type(err).__name__}: {_one_line(err)}); please report it "
+              "(rerun with SCCBGM_DEBUG=1 for the traceback).", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())

@@ -5,13 +5,21 @@ A :class:`ConceptSpec` is fitted once on the training cells and stored with the 
 * a categorical / string column becomes one binary concept per observed category
   (named ``"column=category"``);
 * a bool column, or a numeric column whose values are all 0/1, is one binary concept;
+* an INTEGER-typed column (numpy int/uint, pandas Int64...) with at most
+  ``MAX_INTEGER_CATEGORIES`` (20) distinct values (cluster ids 0..k, batch numbers) is
+  categorical, with a warning: category ``"3"`` for the value 3 (edit with ``set={"leiden": 3}``
+  or ``"3"``). Cast it to float to make it continuous, or to ``category`` to silence the warning;
 * any other numeric column is one continuous concept, scaled to [0, 1] with the training
   minimum and maximum (stored, so edits are given in the column's own units);
 * a missing value (NaN / None / pandas NA) is a missing label: mask m_k = 0 (paper Eq. 7).
+
+Category labels compare as strings, with integral numbers written without a decimal point (3,
+3.0 and "3" are the same category), so an integer column read back as float still matches.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -22,6 +30,9 @@ import pandas as pd
 from sccbgm.errors import SCCBGMError
 
 ConceptKind = Literal["categorical", "binary", "continuous"]
+
+MAX_INTEGER_CATEGORIES = 20
+"""An integer column with at most this many distinct values is categorical (module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +110,15 @@ class ConceptSpec:
         return out
 
     # --------------------------------------------------------------------- encoding
-    def encode(self, obs: pd.DataFrame, *, require: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    def encode(
+        self, obs: pd.DataFrame, *, require: bool = True, unknown_as_missing: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Concept matrix and mask for ``obs``.
 
         Returns ``(values, mask)``, both float32 of shape (n_cells, K); ``values`` is 0 where the
-        label is missing. With ``require=False`` absent columns are treated as all-missing.
+        label is missing. With ``require=False`` absent columns are treated as all-missing; with
+        ``unknown_as_missing=True`` a label the model cannot encode (a category unseen at fit
+        time, a binary column holding another value) is a missing label instead of an error.
         """
         n = len(obs)
         values = np.zeros((n, self.n_concepts), dtype=np.float32)
@@ -113,7 +128,7 @@ class ConceptSpec:
                 if require:
                     raise SCCBGMError(f"concept column {col.name!r} not found in adata.obs.")
                 continue
-            v, m = _encode_column(col, obs[col.name])
+            v, m = _encode_column(col, obs[col.name], unknown_as_missing)
             values[:, sl], mask[:, sl] = v, m
         return values, mask
 
@@ -193,9 +208,9 @@ def _infer_column(series: pd.Series, name: str) -> ConceptColumn:
         if not isinstance(dtype, pd.CategoricalDtype) and observed.map(type).eq(bool).all():
             return _binary_or_constant(observed.astype(float).to_numpy(), name)
         if isinstance(dtype, pd.CategoricalDtype):
-            cats = [str(c) for c in dtype.categories if (observed == c).any()]
+            cats = list(dict.fromkeys(category_label(c) for c in dtype.categories if (observed == c).any()))
         else:
-            cats = sorted({str(v) for v in observed})
+            cats = sorted({category_label(v) for v in observed})
         if len(cats) < 2:
             raise SCCBGMError(
                 f"concept column {name!r} is constant in the training data (only {cats!r}); a "
@@ -210,6 +225,19 @@ def _infer_column(series: pd.Series, name: str) -> ConceptColumn:
             raise SCCBGMError(f"concept column {name!r} contains infinite values.")
         if np.isin(x, (0.0, 1.0)).all():
             return _binary_or_constant(x, name)
+        n_distinct = np.unique(x).size
+        if pd.api.types.is_integer_dtype(dtype) and n_distinct <= MAX_INTEGER_CATEGORIES:
+            cats = [category_label(v) for v in np.unique(x)]
+            warnings.warn(
+                f"concept column {name!r} holds {n_distinct} distinct integers {cats[:6]}"
+                f"{'...' if n_distinct > 6 else ''}; it is treated as CATEGORICAL (one concept per "
+                f"value, e.g. '{name}={cats[0]}'), as integer codes such as cluster ids are. To use "
+                f"it as one continuous concept, cast it to float (adata.obs[{name!r}] = "
+                f"adata.obs[{name!r}].astype(float)); cast it to 'category' to silence this warning.",
+                UserWarning,
+                stacklevel=4,
+            )
+            return ConceptColumn(name=name, kind="categorical", categories=tuple(cats))
         lo, hi = float(x.min()), float(x.max())
         if hi <= lo:
             raise SCCBGMError(f"concept column {name!r} is constant ({lo}) in the training data.")
@@ -226,7 +254,18 @@ def _binary_or_constant(x: np.ndarray, name: str) -> ConceptColumn:
     return ConceptColumn(name=name, kind="binary")
 
 
-def _encode_column(col: ConceptColumn, series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+def category_label(value: Any) -> str:
+    """The string a category value is compared as: integral numbers without ".0" (3.0 -> "3")."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    if isinstance(value, (np.integer, np.str_)):
+        return str(value.item())
+    return str(value)
+
+
+def _encode_column(
+    col: ConceptColumn, series: pd.Series, unknown_as_missing: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     n = len(series)
     miss = _missing(series)
     observed = ~miss
@@ -234,21 +273,34 @@ def _encode_column(col: ConceptColumn, series: pd.Series) -> tuple[np.ndarray, n
         labels = np.asarray(series.astype(object).where(observed, None), dtype=object)
         values = np.zeros((n, col.width), dtype=np.float32)
         known = {c: i for i, c in enumerate(col.categories)}
-        unknown = sorted({str(v) for v in labels[observed]} - set(known))
-        if unknown:
+        keys = np.full(n, "", dtype=object)
+        codes, uniques = pd.factorize(labels[observed])
+        keys[observed] = np.array([category_label(v) for v in uniques] + [""], dtype=object)[codes]
+        is_known = np.array([k in known for k in keys], dtype=bool)
+        unknown = sorted(set(keys[observed & ~is_known]))
+        if unknown and not unknown_as_missing:
             raise SCCBGMError(
                 f"column {col.name!r} has categories {unknown} that the model was not trained on; "
                 f"known categories: {list(col.categories)}."
             )
+        observed = observed & is_known
         for i in np.flatnonzero(observed):
-            values[i, known[str(labels[i])]] = 1.0
+            values[i, known[keys[i]]] = 1.0
         mask = np.repeat(observed[:, None], col.width, axis=1).astype(np.float32)
         return values, mask
     x = np.zeros(n, dtype=float)
-    x[observed] = series[observed].astype(float).to_numpy()
+    try:
+        x[observed] = series[observed].astype(float).to_numpy()
+    except (TypeError, ValueError):
+        if not unknown_as_missing:
+            raise SCCBGMError(f"concept column {col.name!r} is {col.kind} but holds non-numeric values.") from None
+        return x[:, None].astype(np.float32), np.zeros((n, 1), dtype=np.float32)
     if col.kind == "binary":
-        if not np.isin(x[observed], (0.0, 1.0)).all():
+        bad = observed & ~np.isin(x, (0.0, 1.0))
+        if bad.any() and not unknown_as_missing:
             raise SCCBGMError(f"binary concept column {col.name!r} holds values other than 0/1.")
+        observed = observed & ~bad
+        x[bad] = 0.0
     else:
         x[observed] = (x[observed] - col.minimum) / (col.maximum - col.minimum)
     return x[:, None].astype(np.float32), observed[:, None].astype(np.float32)
@@ -272,14 +324,15 @@ def _target_block(col: ConceptColumn, arr: np.ndarray) -> np.ndarray:
     n = arr.size
     if col.kind == "categorical":
         index = {c: i for i, c in enumerate(col.categories)}
-        bad = sorted({str(v) for v in arr} - set(index))
+        arr = np.array([category_label(v) for v in arr], dtype=object)
+        bad = sorted(set(arr) - set(index))
         if bad:
             raise SCCBGMError(
                 f"unknown category {bad} for concept {col.name!r}; known categories: "
                 f"{list(col.categories)}."
             )
         block = np.zeros((n, col.width), dtype=np.float32)
-        block[np.arange(n), [index[str(v)] for v in arr]] = 1.0
+        block[np.arange(n), [index[v] for v in arr]] = 1.0
         return block
     try:
         x = arr.astype(float)

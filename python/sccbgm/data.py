@@ -24,6 +24,8 @@ matrices are handled alike.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -46,6 +48,64 @@ def chunk_rows(n_genes: int, budget: int | None = None) -> int:
     return int(max(16, min(65536, budget // max(int(n_genes), 1))))
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this process can still allocate: the smaller of the system's available
+    memory (Linux ``MemAvailable``) and the room left under a cgroup (container) limit; None when
+    unknown (then no check is made)."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        with contextlib.suppress(OSError, ValueError):
+            with open(limit_file) as f:
+                limit = f.read().strip()
+            with open(usage_file) as f:
+                usage = int(f.read().strip())
+            if limit.isdigit() and int(limit) < 2**60:
+                found.append(max(int(limit) - usage, 0))
+            break
+    return min(found) if found else None
+
+
+def require_memory(nbytes: float, what: str, advice: str) -> None:
+    """SCCBGMError when ``what`` would need more than the available memory (instead of an
+    out-of-memory kill or a crash in native code). ``SCCBGM_SKIP_MEMORY_CHECK=1`` skips it."""
+    if os.environ.get("SCCBGM_SKIP_MEMORY_CHECK"):
+        return
+    free = available_memory()
+    if free is not None and nbytes > free:
+        raise SCCBGMError(
+            f"{what} needs about {_human_bytes(nbytes)} of memory but only {_human_bytes(free)} is "
+            f"available; {advice} (set SCCBGM_SKIP_MEMORY_CHECK=1 to try anyway)."
+        )
+
+
+def _human_bytes(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
+
+
+def matrix_bytes(matrix: Any) -> int:
+    """Bytes an in-memory copy of ``matrix`` takes (dense: n x G values; sparse: its nonzeros)."""
+    if sp.issparse(matrix):
+        return int(matrix.nnz * (matrix.dtype.itemsize + 4) + 8 * (matrix.shape[0] + 1))
+    dtype = np.dtype(getattr(matrix, "dtype", np.float64))
+    nnz = None
+    with contextlib.suppress(AttributeError, KeyError, TypeError):
+        nnz = int(matrix.group["data"].shape[0])  # backed sparse dataset (anndata)
+    if nnz is not None:
+        return int(nnz * (dtype.itemsize + 4))
+    return int(matrix.shape[0]) * int(matrix.shape[1]) * dtype.itemsize
+
+
 def get_matrix(adata: Any, layer: str | None) -> Any:
     """``adata.X`` or ``adata.layers[layer]``, with a clear error when absent."""
     if layer is None:
@@ -57,9 +117,27 @@ def get_matrix(adata: Any, layer: str | None) -> Any:
     return adata.layers[layer]
 
 
+def take_rows(matrix: Any, rows: np.ndarray | slice) -> Any:
+    """``matrix[rows]`` for any row order, also on backed (h5py) matrices.
+
+    HDF5 reads need increasing, unique indices; an index array that is not is read sorted and
+    unique, then put back in the asked order (duplicates repeated). Sparse stays sparse.
+    """
+    if isinstance(rows, slice):
+        return matrix[rows]
+    rows = np.asarray(rows)
+    if rows.dtype == bool:
+        rows = np.flatnonzero(rows)
+    if rows.size == 0 or (rows.size > 1 and np.all(np.diff(rows) > 0)) or rows.size == 1:
+        return matrix[rows]
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    block = matrix[uniq]
+    return block[inverse]
+
+
 def dense_rows(matrix: Any, rows: np.ndarray | slice) -> np.ndarray:
     """Rows of a dense / sparse / backed matrix as a float64 dense array (rows, genes)."""
-    block = matrix[rows]
+    block = take_rows(matrix, rows)
     if sp.issparse(block):
         block = block.toarray()
     return np.asarray(block, dtype=np.float64)

@@ -34,7 +34,15 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sccbgm.data import check_values, chunk_rows, get_matrix
+from sccbgm.data import (
+    CHUNK,
+    check_values,
+    chunk_rows,
+    get_matrix,
+    matrix_bytes,
+    require_memory,
+    take_rows,
+)
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
 
@@ -57,6 +65,11 @@ def select_cells(adata: Any, cells: Any) -> np.ndarray:
             idx = idx % n
         else:
             names = pd.Index(adata.obs_names)
+            if names.has_duplicates:
+                raise SCCBGMError(
+                    "adata.obs_names has duplicates, so cells cannot be selected by name; call "
+                    "adata.obs_names_make_unique() first, or select by position."
+                )
             pos = names.get_indexer(arr.astype(str).ravel())
             if (pos < 0).any():
                 missing = arr.astype(str).ravel()[pos < 0][:5].tolist()
@@ -64,6 +77,13 @@ def select_cells(adata: Any, cells: Any) -> np.ndarray:
             idx = pos
     if idx.size == 0:
         raise SCCBGMError("the selection is empty: no cells to process.")
+    if cells is not None and np.unique(idx).size != idx.size:
+        dup = pd.Index(adata.obs_names[idx])
+        example = dup[dup.duplicated()].unique()[:5].tolist()
+        raise SCCBGMError(
+            f"`cells` selects {idx.size - np.unique(idx).size} cell(s) more than once (e.g. {example}); "
+            "each cell can be edited once per call. Pass unique cells (e.g. pd.unique(cells))."
+        )
     return idx
 
 
@@ -85,11 +105,27 @@ def align_genes(adata: Any, genes: Sequence[str]) -> np.ndarray | None:
     return pos
 
 
-def model_matrix(model: Model, adata: Any, rows: np.ndarray, layer: str | None) -> Any:
-    """The selected cells x model genes (sparse stays sparse), validated against the model input."""
+def model_matrix(
+    model: Model, adata: Any, rows: np.ndarray, layer: str | None, *, output_genes: int = 0
+) -> Any:
+    """The selected cells x model genes (sparse stays sparse), validated against the model input.
+
+    Refuses (SCCBGMError) a call whose memory would exceed the available memory: the selected
+    rows' copy, the dense chunks streamed through them and, with ``output_genes`` G, the dense
+    (cells x G) float32 output of an edit.
+    """
     matrix = get_matrix(adata, layer)
+    n, g = rows.size, len(model.genes)
+    need = (matrix_bytes(matrix) * n / max(matrix.shape[0], 1) + min(n, CHUNK) * g * 8 * 6
+            + n * output_genes * 4)
+    require_memory(
+        need, f"processing {n:,} cells x {g:,} genes",
+        "process fewer cells per call (`cells=`), e.g. in batches of 50,000, and concatenate",
+    )
     cols = align_genes(adata, model.genes)
-    sub = matrix[rows] if cols is None else matrix[rows][:, cols]
+    sub = take_rows(matrix, rows)
+    if cols is not None:
+        sub = sub[:, cols]
     is_int = check_values(sub)
     if model.transform.input_kind == "counts" and not is_int:
         raise SCCBGMError(
@@ -155,9 +191,7 @@ def read_chunks(
         if idx[-1] - idx[0] + 1 == idx.size and (np.diff(idx) == 1).all():
             block = matrix[int(idx[0]) : int(idx[-1]) + 1]
         else:
-            uniq, inverse = np.unique(idx, return_inverse=True)
-            block = matrix[uniq]
-            block = block[inverse]
+            block = take_rows(matrix, idx)
         if cols is not None:
             block = block[:, cols]
         if not sp.issparse(block):
@@ -284,7 +318,9 @@ def edit_cells(
     spec, tr = model.spec, model.transform
     target, assigned = spec.target_values(set_, n)
     obs = adata.obs.iloc[rows]
-    observed, obs_mask = spec.encode(obs, require=False)
+    # a concept-bottleneck model abducts the concepts from expression, so a label it cannot encode
+    # (a category unseen at fit time) only counts as missing; label-conditioned models need it
+    observed, obs_mask = spec.encode(obs, require=False, unknown_as_missing="vae" in model.parts)
     # paper Sec. 2.4: a column already at its target (observed label) keeps c_hat; otherwise its
     # whole block is assigned (for a categorical column: the one-hot is swapped)
     for sl in spec.slices().values():
@@ -309,6 +345,12 @@ def edit_cells(
 
     if out is not None:
         _check_out(adata, out)
+    g = len(model.genes)
+    require_memory(
+        chunk_rows(g) * g * 8 * 6 + (0 if out is not None else n * g * 4),
+        f"editing {n:,} cells x {g:,} genes in memory" if out is None else f"editing {n:,} cells",
+        "write the result to a file instead (`out=` / `sccbgm edit --out`), or edit fewer cells per call",
+    )
     from tqdm.auto import tqdm
 
     sink: MemorySink = MemorySink(n) if out is None else H5adSink(n, out)

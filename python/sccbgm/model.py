@@ -6,12 +6,29 @@ history. On disk it is ONE safetensors file: tensors (module weights under ``"<p
 transform's arrays) plus a JSON header stored in the safetensors metadata. Loading reads tensors
 and JSON only: no pickle, no arbitrary code (the safetensors format has no object loading at all,
 stricter than ``torch.load(weights_only=True)``).
+
+Compatibility policy (``format_version`` in the header; docs/reliability.md):
+
+* a file of this or an OLDER format version is read (each version's golden file under
+  ``python/tests/golden/`` is loaded and edited by the tests);
+* a NEWER format version is refused with an SCCBGMError naming both versions (upgrade sccbgm);
+* unknown top-level header keys and unknown keys in ``options`` / ``history`` are ignored
+  (information a newer writer may add without changing what the weights mean); an unknown key
+  in a module's ``config``, an unknown module class or a missing / mis-shaped tensor changes the
+  network, so it is refused with an SCCBGMError that names it. Any change a reader must
+  understand bumps ``FORMAT_VERSION``.
+
+Saving is atomic: the file is written to a temporary file in the target folder and moved over
+the target with ``os.replace``, so an interrupted save leaves any earlier model intact. The
+folder must exist (a missing folder is an SCCBGMError; sccbgm does not create folders).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,15 +117,21 @@ class Model:
 
     # -------------------------------------------------------------- save/load
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the model to one safetensors file (see module docstring)."""
+        """Write the model to one safetensors file, atomically (see module docstring)."""
+        import torch
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise SCCBGMError(f"cannot save the model to {path!r}: it is a folder; give a file name.")
+        if not os.path.isdir(folder):
+            raise SCCBGMError(f"cannot save the model to {path!r}: the folder {folder!r} does not exist.")
         tensors = {}
         for part, module in self.parts.items():
             for key, value in module.state_dict().items():
                 tensors[f"{part}.{key}"] = value.detach().cpu().contiguous()
-        import torch
-
         for key, value in self.transform.arrays().items():
             tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
         header = {
@@ -123,11 +146,29 @@ class Model:
             "options": self.options,
             "history": self.history,
         }
-        save_file(tensors, os.fspath(path), metadata={"sccbgm": json.dumps(header)})
+        try:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        except OSError as err:
+            raise SCCBGMError(f"cannot save the model to {path!r}: {err.strerror}.") from None
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata={"sccbgm": json.dumps(header)})
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except BaseException as err:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            if isinstance(err, (OSError, SafetensorError)):
+                raise SCCBGMError(f"cannot save the model to {path!r}: {err}.") from None
+            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str = "cpu") -> Model:
-        """Read a model written by :meth:`save`; never unpickles anything."""
+        """Read a model written by :meth:`save`; never unpickles anything.
+
+        Every failure (missing, truncated or foreign file, newer format, unknown module class or
+        config key, missing tensor) is an :class:`SCCBGMError` that says what is wrong.
+        """
         from safetensors import SafetensorError, safe_open
 
         path = os.fspath(path)
@@ -137,32 +178,100 @@ class Model:
             with safe_open(path, framework="pt", device="cpu") as f:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open API)
-        except (SafetensorError, OSError, ValueError) as err:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as err:
             raise SCCBGMError(
-                f"{path!r} is not an sccbgm model file (expected a file written by sccbgm.save): {err}"
+                f"{path!r} is not an sccbgm model file, or it is truncated / corrupt (expected a file "
+                f"written by sccbgm.save): {err}"
             ) from None
         if "sccbgm" not in meta:
             raise SCCBGMError(f"{path!r} is a safetensors file but not an sccbgm model (no sccbgm header).")
-        header = json.loads(meta["sccbgm"])
-        if header.get("format") != FORMAT or header.get("format_version", 0) > FORMAT_VERSION:
+        try:
+            header = json.loads(meta["sccbgm"])
+        except ValueError as err:
+            raise SCCBGMError(f"{path!r}: the sccbgm header is not valid JSON ({err}); the file is corrupt.") from None
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            fmt = header.get("format") if isinstance(header, dict) else None
+            raise SCCBGMError(f"{path!r} has format {fmt!r}, not {FORMAT!r}; it is not an sccbgm model file.")
+        version = header.get("format_version")
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise SCCBGMError(f"{path!r} has an invalid format_version {version!r}; the file is corrupt.")
+        if version > FORMAT_VERSION:
             raise SCCBGMError(
-                f"{path!r} has model format {header.get('format')!r} v{header.get('format_version')}; "
-                f"this sccbgm reads {FORMAT!r} up to v{FORMAT_VERSION}."
+                f"{path!r} is model format v{version}, written by a newer sccbgm; this sccbgm reads "
+                f"{FORMAT!r} up to v{FORMAT_VERSION}. Upgrade sccbgm to read it."
             )
+        try:
+            return cls._from_header(header, tensors, device)
+        except SCCBGMError as err:
+            raise SCCBGMError(f"{path!r}: {err}") from None
+        except KeyError as err:
+            raise SCCBGMError(f"{path!r}: the model file lacks the entry {err}; the file is corrupt.") from None
+        except (TypeError, ValueError, AttributeError) as err:
+            raise SCCBGMError(f"{path!r}: the sccbgm header is malformed ({err}); the file is corrupt.") from None
+
+    @classmethod
+    def _from_header(cls, header: dict[str, Any], tensors: dict[str, Any], device: str) -> Model:
+        """Rebuild the model from a version-checked header and its tensors (see :meth:`load`)."""
+        import dataclasses
+
         registry = module_registry()
         parts = {}
         for part, desc in header["parts"].items():
+            if desc["class"] not in registry:
+                raise SCCBGMError(
+                    f"part {part!r} has unknown module class {desc['class']!r}; this sccbgm knows "
+                    f"{sorted(registry)}."
+                )
             module_cls, config_cls = registry[desc["class"]]
+            known = {f.name for f in dataclasses.fields(config_cls)}
+            unknown = sorted(set(desc["config"]) - known)
+            if unknown:
+                raise SCCBGMError(
+                    f"part {part!r} ({desc['class']}) has unknown config key(s) {unknown}; it was "
+                    "written by another sccbgm version whose network this one cannot rebuild."
+                )
             module = module_cls(config_cls(**desc["config"]))
             state = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
+            expected = module.state_dict()
+            missing = sorted(set(expected) - set(state))
+            if missing:
+                raise SCCBGMError(f"part {part!r} lacks the tensor(s) {missing[:5]}; the file is incomplete.")
+            extra = sorted(set(state) - set(expected))
+            if extra:
+                raise SCCBGMError(f"part {part!r} has unexpected tensor(s) {extra[:5]}; the file does not match its header.")
+            bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+            if bad:
+                k = bad[0]
+                raise SCCBGMError(
+                    f"tensor {part}.{k} has shape {tuple(state[k].shape)}, the header's network needs "
+                    f"{tuple(expected[k].shape)}; the file does not match its header."
+                )
             module.load_state_dict(state)
             parts[part] = module.to(device).eval()
-        arrays = {k: tensors[k].numpy() for k in ("transform.mean", "transform.components")}
+        if not parts:
+            raise SCCBGMError("the model file holds no network.")
+        arrays = {}
+        for key in ("transform.mean", "transform.components"):
+            if key not in tensors:
+                raise SCCBGMError(f"the model file lacks the tensor {key!r}; the file is incomplete.")
+            arrays[key] = tensors[key].numpy()
+        transform = InputTransform.from_saved(header["transform"], arrays)
+        if arrays["transform.mean"].shape != (len(transform.genes),) or (
+            arrays["transform.components"].ndim != 2 or arrays["transform.components"].shape[1] != len(transform.genes)
+        ):
+            raise SCCBGMError("the input transform's arrays do not match its gene list; the file is corrupt.")
         return cls(
             name=header["name"],
             spec=ConceptSpec.from_dict(header["spec"]),
-            transform=InputTransform.from_saved(header["transform"], arrays),
+            transform=transform,
             parts=parts,
-            options=header["options"],
-            history=header["history"],
+            options=dict(header.get("options", {})),
+            history=dict(header.get("history", {})),
         )
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -77,6 +77,18 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def preserve_rng() -> Iterator[None]:
+    """Run a block that seeds torch, then put the caller's torch RNG state back.
+
+    ``fit`` seeds torch's global generator (and CUDA's, when CUDA is in use) for reproducible
+    weights; the caller's random stream must not depend on whether it called ``fit``.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
+
+
 def seed_everything(seed: int | None) -> int:
     """Seed torch (CPU and CUDA); returns the seed used (drawn at random when None)."""
     if seed is None:

@@ -7,6 +7,7 @@ import json
 import anndata as ad
 import numpy as np
 import pandas as pd
+import pytest
 
 import sccbgm
 from sccbgm.cli import main
@@ -51,3 +52,119 @@ def test_bad_input_exits_2_with_the_message(toy, tmp_path, capsys):
     small.write_h5ad(data)
     assert main(["fit", str(data), "--concepts", "dose", "--out", str(tmp_path / "m.sccbgm")]) == 2
     assert "sccbgm: error: concept column(s) ['dose'] not found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ failure paths (issue 13)
+@pytest.fixture()
+def files(toy, tmp_path):
+    """An input .h5ad, a model file fitted from it (2 epochs) and their bytes."""
+    data = tmp_path / "cells.h5ad"
+    small = toy[:120].copy()
+    del small.uns["stim_effect"]
+    small.write_h5ad(data)
+    model = tmp_path / "m.sccbgm"
+    assert main(["fit", str(data), "--concepts", "stim", "cell_type", "--epochs", "2", "--out", str(model)]) == 0
+    return data, model
+
+
+def _one_error_line(capsys, code_expected, code, needle):
+    err = capsys.readouterr().err
+    assert code == code_expected, err
+    lines = [ln for ln in err.splitlines() if ln.strip() and not ln.startswith(("scCBGM", "  0%", "\r"))]
+    assert len(lines) == 1 and lines[0].startswith("sccbgm: error: "), err
+    assert needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_cli_failure_paths_exit_2_with_one_line_and_destroy_nothing(files, tmp_path, capsys):
+    data, model = files
+    capsys.readouterr()
+    data_bytes, model_bytes = data.read_bytes(), model.read_bytes()
+    edit = ["edit", str(data), "--model", str(model), "--set", '{"stim": 1}']
+    cases = [
+        # never over an input, even with --overwrite
+        (edit + ["--out", str(data)], "never writes over its inputs"),
+        (edit + ["--out", str(data), "--overwrite"], "never writes over its inputs"),
+        (edit + ["--out", str(model), "--overwrite"], "never writes over its inputs"),
+        (["fit", str(data), "--concepts", "stim", "--out", str(data), "--overwrite"], "never writes over its inputs"),
+        # an existing output needs --overwrite
+        (["fit", str(data), "--concepts", "stim", "--epochs", "1", "--out", str(model)], "already exists; pass --overwrite"),
+        # malformed --set
+        (["edit", str(data), "--model", str(model), "--set", "{stim: 1}", "--out", str(tmp_path / "o.h5ad")],
+         "--set is not valid JSON"),
+        (["edit", str(data), "--model", str(model), "--set", "[1]", "--out", str(tmp_path / "o.h5ad")],
+         "--set must be a non-empty JSON object"),
+        (["edit", str(data), "--model", str(model), "--set", '{"dose": 1}', "--out", str(tmp_path / "o.h5ad")],
+         "cannot edit 'dose'"),
+        (["edit", str(data), "--model", str(model), "--set", '{"cell_type": "type9"}', "--out", str(tmp_path / "o.h5ad")],
+         "unknown category ['type9']"),
+        # missing / wrong files
+        (["edit", str(tmp_path / "nope.h5ad"), "--model", str(model), "--set", '{"stim": 1}', "--out", str(tmp_path / "o.h5ad")],
+         "input file"),
+        (["edit", str(data), "--model", str(tmp_path / "nope.sccbgm"), "--set", '{"stim": 1}', "--out", str(tmp_path / "o.h5ad")],
+         "model file"),
+        (["edit", str(data), "--model", str(data), "--set", '{"stim": 1}', "--out", str(tmp_path / "o.h5ad")],
+         "not an sccbgm model file"),
+        (["fit", str(model), "--concepts", "stim", "--out", str(tmp_path / "m2.sccbgm")], "cannot read"),
+        (edit + ["--out", str(tmp_path / "no_folder" / "o.h5ad")], "does not exist"),
+        (edit + ["--out", str(tmp_path)], "is a folder"),
+        # bad column / layer / option values
+        (["fit", str(data), "--concepts", "dose", "--out", str(tmp_path / "m2.sccbgm")], "['dose'] not found"),
+        (["fit", str(data), "--concepts", "stim", "--layer", "counts", "--out", str(tmp_path / "m2.sccbgm")],
+         "layer 'counts' not found"),
+        (["fit", str(data), "--concepts", "stim", "--epochs", "0", "--out", str(tmp_path / "m2.sccbgm")],
+         "epochs must be >= 1"),
+        (["fit", str(data), "--concepts", "stim", "--model", "scgen", "--out", str(tmp_path / "m2.sccbgm")],
+         "unknown model 'scgen'"),
+        # argparse usage errors: one line too
+        (["fit", str(data)], "--concepts"),
+        (["fit", str(data), "--concepts", "stim", "--epochs", "many", "--out", "x"], "invalid int value"),
+        (["frobnicate"], "invalid choice"),
+        (["demo", "--out", str(tmp_path)], "is not empty; pass --overwrite"),
+    ]
+    for argv, needle in cases:
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+        _one_error_line(capsys, 2, code, needle)
+    assert data.read_bytes() == data_bytes and model.read_bytes() == model_bytes
+    assert not (tmp_path / "m2.sccbgm").exists() and not (tmp_path / "o.h5ad").exists()
+
+
+def test_cli_overwrite_replaces_the_output(files, tmp_path, capsys):
+    data, model = files
+    out = tmp_path / "edited.h5ad"
+    out.write_text("old")
+    assert main(["edit", str(data), "--model", str(model), "--set", '{"stim": 1}', "--out", str(out)]) == 2
+    assert out.read_text() == "old"
+    assert main(["edit", str(data), "--model", str(model), "--set", '{"stim": 1}', "--out", str(out), "--overwrite"]) == 0
+    assert (ad.read_h5ad(out).obs["stim"] == 1).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.h5ad", "edited.h5ad", "m.sccbgm"], "temp file left"
+
+
+def test_cli_internal_error_is_one_line_exit_1(files, tmp_path, capsys, monkeypatch):
+    data, model = files
+    capsys.readouterr()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("something\nunexpected")
+
+    monkeypatch.setattr(sccbgm, "edit", broken)
+    code = main(["edit", str(data), "--model", str(model), "--set", '{"stim": 1}', "--out", str(tmp_path / "o.h5ad")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "internal error (RuntimeError: something unexpected)" in err
+
+
+def test_cli_process_prints_no_traceback(files, tmp_path):
+    import subprocess
+    import sys
+
+    data, model = files
+    proc = subprocess.run(
+        [sys.executable, "-m", "sccbgm", "edit", str(data), "--model", str(model), "--set", "{bad json",
+         "--out", str(data)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("sccbgm: error: ") and proc.stderr.count("\n") == 1

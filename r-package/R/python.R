@@ -142,14 +142,29 @@ sccbgm_available <- function() {
 
 .bridge <- function() {
   .require_python()
+  if (!isTRUE(.py$warnings_captured)) {
+    .py$bridge$capture_warnings()
+    .py$warnings_captured <- TRUE
+  }
   .py$bridge
 }
 
-# Evaluate `expr` (a call into Python); a Python exception becomes an R error whose message is
-# the exception's own message (class "sccbgm_error" for sccbgm.errors.SCCBGMError), without the
-# Python traceback (reticulate::py_last_error() still has it).
+# Python warnings raised during a call, re-raised as R warnings (one each, no Python frames).
+.relay_warnings <- function() {
+  if (!isTRUE(.py$warnings_captured)) return(invisible())
+  msgs <- tryCatch(reticulate::py_to_r(.py$bridge$take_warnings()), error = function(e) NULL)
+  for (msg in msgs) warning(structure(class = c("sccbgm_warning", "warning", "condition"),
+                                      list(message = msg, call = NULL)))
+  invisible()
+}
+
+# Evaluate `expr` (a call into Python); a Python exception becomes ONE R error condition whose
+# message is the exception's own message (class "sccbgm_error" for sccbgm.errors.SCCBGMError),
+# without the Python traceback (reticulate::py_last_error() still has it); Python warnings of
+# the call become R warnings (class "sccbgm_warning"). Every call into Python goes through here.
 .py_call <- function(expr) {
   reticulate::py_clear_last_error()
+  on.exit(.relay_warnings(), add = TRUE)
   tryCatch(expr, error = function(e) {
     err <- tryCatch(reticulate::py_last_error(), error = function(e2) NULL)
     if (is.null(err)) stop(e)
