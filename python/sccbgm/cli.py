@@ -9,11 +9,9 @@ PNGs, the fitted model) to DIR.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NoReturn
