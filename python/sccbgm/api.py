@@ -241,11 +241,12 @@ def fit(
 def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, flow: bool = False) -> None:
     """Refuse a fit whose dense working memory exceeds the available memory (SCCBGMError).
 
-    PCA: the G x G Gram matrix, covariance, eigenvectors and eigh workspace (4 G^2 float64,
-    :func:`sccbgm.data._pca`); genes: the first and last layers (G x hidden) with their gradients
-    and Adam moments, plus dense minibatches. Both add the dense chunks streamed through X.
+    PCA: the truncated PCA's G x (n_pcs + oversampling) blocks (basis, accumulator, product and
+    QR workspace, float64, :func:`sccbgm.data._pca`) and the n x n_features model inputs; genes:
+    the first and last layers (G x hidden) with their gradients and Adam moments, plus dense
+    minibatches. Both add the dense chunks streamed through X (:func:`sccbgm.data.chunk_rows`).
     """
-    from sccbgm.data import CHUNK, require_memory
+    from sccbgm.data import PCA_OVERSAMPLE, chunk_rows, require_memory
 
     n, g = (int(v) for v in matrix.shape)
     net = _network_bytes(cfg, g if representation == "genes" else int(cfg.get("n_pcs", 64)) + 16, flow=flow)
@@ -253,13 +254,14 @@ def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, 
         net, "the network (weights, gradients and Adam moments)",
         "lower hidden_dim / n_layers (or flow_hidden_dim / flow_n_layers)",
     )
-    chunks = min(n, CHUNK) * g * 8 * 3
+    chunks = min(n, chunk_rows(g)) * g * 8 * 3
     if representation == "genes":
         batch = int(cfg["train"].get("batch_size", 128))
         need = net + min(batch, n) * g * 8 * 6 + chunks
         advice = "use fewer genes (e.g. highly variable genes) or representation='pca'"
     else:
-        need = net + 4 * g * g * 8 + chunks
+        width = int(cfg.get("n_pcs", 64)) + PCA_OVERSAMPLE
+        need = net + 4 * g * width * 8 + n * (width + 16) * 4 + chunks
         advice = ("select fewer genes first, e.g. sc.pp.highly_variable_genes(adata, n_top_genes=5000, "
                   "subset=True)")
     require_memory(need, f"fitting on {g:,} genes with representation={representation!r}", advice)
