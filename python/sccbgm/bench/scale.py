@@ -1,8 +1,9 @@
 """Scale benchmark: time and peak memory of fit and edit on real-size data (``bench scale``).
 
 Every step runs in its own child process (``python -m sccbgm.bench.scale --worker STEP``), which
-reports its wall time and peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``),
-and its resident memory right after loading the data (so "beyond the data" = peak - loaded).
+reports its wall time and peak resident memory (``VmHWM`` on Linux, else ``ru_maxrss``; see
+:func:`_peak`), and its resident memory right after loading the data (so "beyond the data" =
+peak - loaded).
 Side by side, in the same run, with what a user would otherwise run:
 
 * ``fit`` -- ``sccbgm.fit`` (defaults: CPU preset, truncated PCA) against scanpy's
@@ -108,6 +109,19 @@ def _rss_now() -> int:
 
 
 def _peak() -> int:
+    """Peak resident memory (bytes) of this process image: ``VmHWM`` of /proc/self/status on Linux.
+
+    ``getrusage().ru_maxrss`` is not used there because Linux carries the parent's peak across
+    fork + exec into the child's ru_maxrss (so a child started by a big parent reports the
+    parent's size); ``VmHWM`` belongs to the new process image only. Elsewhere: ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -293,10 +307,11 @@ def run_scale(
             fit_pair("fit (many genes)", path, n, g, CONCEPTS, size["epochs"])
             path.unlink()
         model_path = work / "model.sccbgm"
-        train = write_counts(work / "train.h5ad", size["model_cells"], genes, seed=1)
-        _run_worker("fit", {"path": str(train), "concepts": CONCEPTS, "epochs": 2, "model_out": str(model_path)},
-                    timeout)
-        train.unlink()
+        if size["edit_cells"]:
+            train = write_counts(work / "train.h5ad", size["model_cells"], genes, seed=1)
+            _run_worker("fit", {"path": str(train), "concepts": CONCEPTS, "epochs": 2, "model_out": str(model_path)},
+                        timeout)
+            train.unlink()
         for n in size["edit_cells"]:
             log(f"[edit] {n:,} cells x {genes:,} genes")
             path = write_counts(work / f"edit_{n}x{genes}.h5ad", n, genes, seed=2)
