@@ -347,9 +347,10 @@ def edit_cells(
         _check_out(adata, out)
     g = len(model.genes)
     require_memory(
-        chunk_rows(g) * g * 8 * 6 + (0 if out is not None else n * g * 4),
-        f"editing {n:,} cells x {g:,} genes in memory" if out is None else f"editing {n:,} cells",
-        "write the result to a file instead (`out=` / `sccbgm edit --out`), or edit fewer cells per call",
+        min(n, chunk_rows(g)) * g * 8 * 6 + (0 if out is not None else n * g * 4),
+        f"processing {n:,} cells x {g:,} genes" + (" in memory" if out is None else ""),
+        "write the result to a file with `out=` (streamed: memory independent of the number of cells), "
+        "or process fewer cells per call (`cells=`)",
     )
     from tqdm.auto import tqdm
 
