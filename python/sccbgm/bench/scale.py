@@ -361,7 +361,7 @@ def plot_scale(table: Any, path: Path) -> Path:
     for ax in axes:
         ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper left")
     axes[1].set_xticks(np.arange(len(groups)), labels, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
