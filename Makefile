@@ -1,11 +1,11 @@
 # Two commands on a fresh machine:  `make demo` (simulate -> fit -> edit -> evaluate, with a report)
-# and `make test` (every test: Python, R, rpy2, vignette). Both install what they need.
+# and `make test` (every test: Python, R, rpy2, vignette, docs). Both install what they need.
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 OUT ?= out/demo
 
-.PHONY: setup setup-python setup-r demo test test-python test-r test-shared vignette lint bench clean
+.PHONY: setup setup-python setup-r demo test test-python test-r test-shared vignette docs lint bench clean
 
 setup:
 	scripts/setup.sh all
@@ -17,7 +17,11 @@ setup-r:
 	scripts/setup.sh r
 
 demo: setup-python
-	$(PY) -m sccbgm demo --out $(OUT)
+	$(PY) -m sccbgm demo --out $(OUT) --overwrite
+
+# the documentation site (docs/ + API pages from the docstrings), offline, strict -> out/docs/
+docs: setup-python
+	scripts/run_tests.sh docs
 
 lint: setup-python
 	$(VENV)/bin/ruff check python shared_tests data_scripts

@@ -3,7 +3,7 @@
 # no longer runs fails here), then R CMD check --no-manual on the tarball.
 #   scripts/build_r.sh            -> out/r/sccbgm_<version>.tar.gz, out/r/sccbgm.html (the vignette),
 #                                    out/r/sccbgm.Rcheck/ (the check log: 00check.log)
-# Fails on any check ERROR or WARNING; NOTEs are printed (README "R package" explains the ones left).
+# Fails on any check ERROR or WARNING; NOTEs are printed (docs/r-guide.md explains the ones left).
 # Check flags and why:
 #   --no-manual            no LaTeX on the machine (the PDF manual needs it).
 #   --no-build-vignettes   R CMD build just knitted the vignette; knitting it again costs a minute.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the test suites; with no argument, all of them in order (ruff, Python, R, rpy2, vignette).
+# Run the test suites; with no argument, all of them in order (ruff, docs, Python, R, rpy2, vignette).
+# One suite: scripts/run_tests.sh lint | docs | python | r | shared | vignette.
 # Prints a closing 'N passed, N failed' summary over the suites.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,10 @@ run() {
 }
 if [ "$which" = all ] || [ "$which" = lint ]; then
     run ruff .venv/bin/ruff check python shared_tests data_scripts
+fi
+if [ "$which" = all ] || [ "$which" = docs ]; then
+    # offline, strict (mkdocs.yml): a broken link, a missing page or a vanished API object fails
+    run docs .venv/bin/mkdocs build --strict --config-file mkdocs.yml --site-dir out/docs
 fi
 if [ "$which" = all ] || [ "$which" = python ]; then
     run pytest-python .venv/bin/python -m pytest -q python/tests

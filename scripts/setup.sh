@@ -4,7 +4,7 @@
 #   scripts/setup.sh r        -> Debian R packages + the r-package/ installed into the site library
 #   scripts/setup.sh all      -> both (default)
 # Versions are chosen by detection (R and reticulate versions), not by hand; see DEVELOPERS notes
-# in README.md ("Version traps").
+# in docs/installation.md ("Version traps").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}

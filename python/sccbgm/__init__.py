@@ -27,20 +27,27 @@ _LAZY = {
     "simulate": ("sccbgm.simulation", "simulate"),
     "simulate_counterfactual": ("sccbgm.simulation", "simulate_counterfactual"),
     "metrics": ("sccbgm.metrics", None),
+    "validate": ("sccbgm.tools.validate", "validate"),
+    "sweep": ("sccbgm.tools.sweep", "sweep"),
+    "search_concepts": ("sccbgm.tools.search", "search_concepts"),
+    "tools": ("sccbgm.tools", None),
     "SCCBGMError": ("sccbgm.errors", "SCCBGMError"),
 }
 
 __all__ = [
     "SCCBGMError", "__version__", "edit", "encode", "evaluate", "fit", "load", "metrics", "save",
-    "simulate", "simulate_counterfactual",
+    "search_concepts", "simulate", "simulate_counterfactual", "sweep", "tools", "validate",
 ]
 
 if TYPE_CHECKING:
-    from sccbgm import metrics
+    from sccbgm import metrics, tools
     from sccbgm.api import edit, encode, fit, load, save
     from sccbgm.errors import SCCBGMError
     from sccbgm.evaluation import evaluate
     from sccbgm.simulation import simulate, simulate_counterfactual
+    from sccbgm.tools.search import search_concepts
+    from sccbgm.tools.sweep import sweep
+    from sccbgm.tools.validate import validate
 
 
 def __getattr__(name: str) -> Any:

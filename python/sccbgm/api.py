@@ -7,6 +7,7 @@ with a message that says what to fix, before any torch code runs.
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,7 +22,7 @@ MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 _MODULE_OPTIONS = {
     "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
     "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
-    "concept_embedding_dim",
+    "concept_embedding_dim", "reconstruction",
 }
 _CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
@@ -74,6 +75,7 @@ def fit(
     model: str = "sccbgm",
     base: Model | None = None,
     seed: int | None = None,
+    n_members: int = 1,
     layer: str | None = None,
     preset: str = "cpu",
     representation: str = "pca",
@@ -95,8 +97,9 @@ def fit(
         median total and log1p-transformed inside) or log-normalised expression, in X or ``layer``.
     concepts
         obs columns: a categorical/string column gives one binary concept per category; bool or
-        0/1 columns are binary; other numeric columns are continuous (scaled to [0, 1] with the
-        training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
+        0/1 columns are binary; an integer column with at most 20 distinct values (cluster ids) is
+        categorical, with a warning; other numeric columns are continuous (scaled to [0, 1] with
+        the training range). NaN marks a missing label (masked in the concept loss, Eq. 7).
     model
         ``"sccbgm"`` (scCBGM), ``"cbgm"`` (CBGM of Ismail et al. 2023: CEM bottleneck, no skip
         connections, cosine orthogonality loss), ``"cvae"`` (conditional VAE on the same
@@ -109,6 +112,13 @@ def fit(
         module and training options.
     seed
         Seeds weight initialisation and minibatch order; the same seed gives the same model on CPU.
+        Ensemble member m (1..K) uses ``seed + m - 1``.
+    n_members
+        Ensemble size K. K > 1 trains K members that share the input transform and concepts and
+        differ in their seed; :func:`edit` then returns their mean edit and per-cell uncertainty
+        (``docs/uncertainty.md``). Costs K times the fit time. ``"sccbgm-fm"``: each member is its
+        own scCBGM + flow (with ``base``: member m's flow conditions on the base's member m, or
+        on the single base model).
     preset
         ``"cpu"`` (default; hidden 256 x 2 layers, latent/unknown 64, 60 epochs, 64 PCs) or
         ``"paper"`` (appendix D.4: 1024 x 4, latent/unknown 128, 200 epochs, 128 PCs).
@@ -135,7 +145,8 @@ def fit(
         orthogonality loss is active), ``kl_weight`` beta, and the ablation switches ``skip``
         (decoder skip connections), ``orthogonality`` ("cross_cov" | "cosine" | "none"),
         ``variational`` (False: the autoencoder ablation), ``bottleneck`` ("cbm" | "cem"),
-        ``concept_embedding_dim`` (CEM width m)); the CVAE takes ``hidden_dim``, ``n_layers``,
+        ``concept_embedding_dim`` (CEM width m), ``reconstruction`` ("mean" over input features or
+        "sum")); the CVAE takes ``hidden_dim``, ``n_layers``,
         ``latent_dim``, ``dropout``, ``kl_weight``, ``skip`` and ``variational``. Training
         options (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
         ``grad_clip``). Flow models add ``flow_hidden_dim``, ``flow_n_layers``,
@@ -153,8 +164,9 @@ def fit(
     from sccbgm.presets import get_preset
 
     _check_adata(adata)
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         raise SCCBGMError(f"unknown model {model!r}; available models: {list(MODELS)}.")
+    _check_fit_arguments(concepts, seed, n_pcs, representation, input_kind)
     if base is not None:
         if model not in ("sccbgm-fm", "cvae-fm"):
             raise SCCBGMError(f"`base` applies to model='sccbgm-fm' or 'cvae-fm' only, not {model!r}.")
@@ -181,6 +193,13 @@ def fit(
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
         raise SCCBGMError(f"need at least 10 training cells, got {adata.n_obs}.")
+    if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 1:
+        raise SCCBGMError(f"n_members must be a positive integer, not {n_members!r}.")
+    if base is not None and base.n_members not in (1, n_members):
+        raise SCCBGMError(
+            f"`base` is an ensemble of {base.n_members} members; fit the flow with n_members="
+            f"{base.n_members} (one flow per base member) or pass a single base model."
+        )
     cfg = get_preset(preset)
     cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
     cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
@@ -222,29 +241,85 @@ def fit(
     }
     if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
         options_record["flow"] = cfg["flow"]
-    from sccbgm.train import preserve_rng, torch_threads
+    from sccbgm.train import preserve_rng, seed_everything, torch_threads
 
+    members = []
     with torch_threads(num_threads), preserve_rng():
-        if model in ("sccbgm", "cbgm"):
-            return _fit_vae(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
-        from sccbgm.flows import fit_model
+        seed = seed_everything(seed)
+        for m in range(int(n_members)):
+            tag = f" {m + 1}/{n_members}" if n_members > 1 else ""
+            base_m = None if base is None else base.member(m % base.n_members)
+            members.append(_fit_one(
+                model, matrix, transform, spec, values, mask, copy.deepcopy(cfg), copy.deepcopy(options_record),
+                seed + m, device, progress, base_m, tag,
+            ))
+        joined = _join_members(members)
+        if joined.n_members > 1:
+            from sccbgm.uncertainty import calibrate
 
-        if model == "sccbgm-fm" and base is None:
-            base_record = {k: v for k, v in options_record.items() if k != "flow"} | {"model": "sccbgm"}
-            base = _fit_vae(matrix, transform, spec, values, mask, cfg, base_record, seed, device, progress)
-        return fit_model(
-            model, matrix, transform, spec, values, mask, cfg, options_record,
-            seed=seed, device=device, progress=progress, base=base,
-        )
+            joined.options["uncertainty"] = calibrate(joined, matrix, values, mask, seed=seed)
+    return joined
+
+
+def _fit_one(model, matrix, transform, spec, values, mask, cfg, record, seed, device, progress, base, tag) -> Model:
+    """One model (one ensemble member) with ``seed``; ``tag`` labels its progress bars."""
+    if model in ("sccbgm", "cbgm"):
+        return _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress, tag)
+    from sccbgm.flows import fit_model
+
+    if model == "sccbgm-fm" and base is None:
+        base_record = {k: v for k, v in record.items() if k != "flow"} | {"model": "sccbgm"}
+        base = _fit_vae(matrix, transform, spec, values, mask, cfg, base_record, seed, device, progress, tag)
+    return fit_model(
+        model, matrix, transform, spec, values, mask, cfg, record,
+        seed=seed, device=device, progress=progress, base=base, tag=tag,
+    )
+
+
+def _join_members(members: list[Model]) -> Model:
+    """K fitted models (same spec and transform) -> one ensemble Model (member 1 first)."""
+    first = members[0]
+    if len(members) == 1:
+        return first
+    history = dict(first.history)
+    for m, member in enumerate(members[1:], start=2):
+        history.update({f"{part} (member {m})": h for part, h in member.history.items()})
+    options = dict(first.options)
+    options["n_members"] = len(members)
+    options["member_seeds"] = [int(member.options["seed"]) for member in members]
+    return Model(name=first.name, spec=first.spec, transform=first.transform, parts=first.parts,
+                 options=options, history=history, more_members=[member.parts for member in members[1:]])
+
+
+def _check_fit_arguments(concepts: Any, seed: Any, n_pcs: Any, representation: Any, input_kind: Any) -> None:
+    """Types and values of ``fit``'s own arguments (options are checked by _check_option_values)."""
+    try:
+        names = [concepts] if isinstance(concepts, str) else list(concepts)
+    except TypeError:
+        names = [None]
+    if isinstance(concepts, Mapping) or not all(isinstance(c, str) for c in names):
+        raise SCCBGMError(f"`concepts` must be an obs column name or a list of them, not {concepts!r}.")
+
+    def whole(value: Any, low: int) -> bool:
+        return (isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= low)
+
+    if seed is not None and not whole(seed, 0):
+        raise SCCBGMError(f"seed must be a non-negative whole number or None, not {seed!r}.")
+    if n_pcs is not None and not whole(n_pcs, 1):
+        raise SCCBGMError(f"n_pcs must be a whole number >= 1, not {n_pcs!r}.")
+    if representation not in ("pca", "genes"):
+        raise SCCBGMError(f"representation must be 'pca' or 'genes', not {representation!r}.")
+    if input_kind not in ("auto", "counts", "lognorm"):
+        raise SCCBGMError(f"input_kind must be 'auto', 'counts' or 'lognorm', not {input_kind!r}.")
 
 
 def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, flow: bool = False) -> None:
     """Refuse a fit whose dense working memory exceeds the available memory (SCCBGMError).
 
-    PCA: the truncated PCA's G x (n_pcs + oversampling) blocks (basis, accumulator, product and
-    QR workspace, float64, :func:`sccbgm.data._pca`) and the n x n_features model inputs; genes:
-    the first and last layers (G x hidden) with their gradients and Adam moments, plus dense
-    minibatches. Both add the dense chunks streamed through X (:func:`sccbgm.data.chunk_rows`).
+    Both: the network with gradients and Adam moments, and the dense chunks streamed through X
+    (:func:`sccbgm.data.chunk_rows`). PCA adds the randomized PCA's G x (k + oversample) float64
+    blocks (:func:`sccbgm.data._pca`: basis, X^T X basis, centred product); genes adds the dense
+    minibatches.
     """
     from sccbgm.data import PCA_OVERSAMPLE, chunk_rows, require_memory
 
@@ -260,8 +335,8 @@ def _check_fit_memory(matrix: Any, representation: str, cfg: dict[str, Any], *, 
         need = net + min(batch, n) * g * 8 * 6 + chunks
         advice = "use fewer genes (e.g. highly variable genes) or representation='pca'"
     else:
-        width = int(cfg.get("n_pcs", 64)) + PCA_OVERSAMPLE
-        need = net + 4 * g * width * 8 + n * (width + 16) * 4 + chunks
+        width = min(int(cfg.get("n_pcs", 64)) + PCA_OVERSAMPLE, g)
+        need = net + 3 * g * width * 8 + chunks
         advice = ("select fewer genes first, e.g. sc.pp.highly_variable_genes(adata, n_top_genes=5000, "
                   "subset=True)")
     require_memory(need, f"fitting on {g:,} genes with representation={representation!r}", advice)
@@ -325,7 +400,7 @@ def _base_inputs(
     return base.spec, base.transform, matrix
 
 
-def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress) -> Model:
+def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, progress, tag="") -> Model:
     import torch
 
     from sccbgm.data import CellData
@@ -351,9 +426,26 @@ def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, p
     def make_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {"x": torch.from_numpy(data.inputs(rows)).to(dev), "concepts": concepts_t[rows], "mask": mask_t[rows]}
 
-    history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM")
+    history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM" + tag)
+    _set_unknown_shift(vae, data, concepts_t, mask_t, dev)
     return Model(name=record["model"], spec=spec, transform=transform, parts={"vae": vae}, options=record,
                  history={"vae": history})
+
+
+def _set_unknown_shift(vae: Any, data: Any, values: Any, mask: Any, dev: Any) -> None:
+    """Store B_u, the linear leakage of the concepts into u on the training cells (see
+    :func:`sccbgm.modules.sccbgm.estimate_unknown_shift`), for ``edit(..., shift_unknown=True)``."""
+    import torch
+
+    from sccbgm.modules.sccbgm import estimate_unknown_shift
+
+    vae.eval()
+    us = []
+    with torch.no_grad():
+        for s in range(0, data.n_cells, 4096):
+            rows = np.arange(s, min(s + 4096, data.n_cells))
+            us.append(vae.abduct(torch.from_numpy(data.inputs(rows)).to(dev))["unknown"])
+        vae.unknown_shift.copy_(estimate_unknown_shift(torch.cat(us), values, mask).to(dev))
 
 
 def edit(
@@ -367,6 +459,8 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    count_edit: str | None = "auto",
+    shift_unknown: bool | None = None,
     out: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
@@ -402,6 +496,20 @@ def edit(
         Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
     n_steps
         Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
+    count_edit
+        Models fitted on raw counts: ``"sample"`` applies the model's predicted rate ratio to
+        each cell's own counts through a Poisson likelihood (thinning where the rate falls,
+        added Poisson counts where it rises, so zeros and detection rates change) and
+        re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
+        sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
+        (default): ``"mean"`` for a scCBGM (``model="sccbgm"``) fitted on counts with the
+        residual output, else None.
+        Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
+    shift_unknown
+        Concept-bottleneck models: also move the unknown factors u by as much as they varied with
+        the edited concepts on the training cells (a linear correction of concept leakage into
+        u, stored at fit time). False: u is kept as abducted (the paper). None (default): True
+        (chosen on held-out cells, docs/validation.md).
     out
         Path of an ``.h5ad`` to stream the result to, chunk by chunk (memory independent of the
         number of cells; a backed input, ``anndata.read_h5ad(path, backed="r")``, is read in
@@ -418,7 +526,17 @@ def edit(
     factors (u; z for CVAE models; width 0 for vanilla FM); flow models add ``X_noise`` (n, D),
     the noise y_0 the flow decoded. uns ``sccbgm_edit`` records the edit (``mode``: "abduction"
     for autoencoders; flows add ``solver``, ``n_steps`` and, for decode, ``seed``). The input is
-    never modified. With ``out``: the same, read back backed from that file.
+    never modified. With ``out``: the same, read back backed from that file (ensemble layers
+    included).
+
+    An ensemble (``sccbgm.fit(..., n_members=K)``, K > 1) edits with every member: X = the mean
+    of the members' edited expression (clipped at 0; with the count-space edit, one count edit
+    with the members' mean log rate ratio, as validated in docs/validation.md); ``layers["edit_sd"]`` = the sd (ddof 1)
+    over members of the predicted change per cell x gene; ``layers["edit_lower"]`` /
+    ``layers["edit_upper"]`` = X -/+ z_0.95 * a * edit_sd (clipped at 0), a 90% interval with
+    the model's calibration scale a (``docs/uncertainty.md``); obsm concepts are the members'
+    mean, ``X_unknown`` / ``X_noise`` member 1's; uns ``sccbgm_edit["uncertainty"]`` records how
+    the layers were computed. Decode mode seeds member m with ``seed + m - 1``.
     """
     from sccbgm.editing import edit_cells
     from sccbgm.train import torch_threads
@@ -428,6 +546,7 @@ def edit(
     with torch_threads(None):
         return edit_cells(
             model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
+            count_edit=count_edit, shift_unknown=shift_unknown,
             out=out,
         )
 
@@ -438,6 +557,9 @@ def encode(model: Model, adata: Any, *, layer: str | None = None, cells: Any = N
     Returns an AnnData (cells x K concept dimensions): X = predicted concepts c_hat (probabilities
     for binary concepts, [0, 1]-scaled values for continuous ones), var_names = concept names;
     obsm ``X_unknown`` (n, d_u) = unknown factors u, ``X_latent`` (n, d_z) = posterior mean z.
+    An ensemble (``n_members`` > 1): X = the members' mean c_hat, ``layers["concepts_sd"]`` =
+    their sd (ddof 1); u and z are member 1's (each member has its own latent basis, so they are
+    not averaged). uns ``sccbgm_encode`` records ``n_members``.
     """
     from sccbgm.editing import encode_cells
     from sccbgm.train import torch_threads
@@ -456,7 +578,9 @@ def save(model: Model, path: str | os.PathLike[str]) -> None:
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """Read a model written by :func:`save`. Never unpickles: a wrong file raises SCCBGMError."""
-    return Model.load(path, device=device)
+    from sccbgm.train import resolve_device
+
+    return Model.load(path, device=str(resolve_device(device)))
 
 
 def _check_model(model: Any) -> None:

@@ -85,8 +85,11 @@ __all__ = [
     "matrix_to_spec",
     "model_info",
     "save",
+    "search_concepts",
     "set_from_spec",
     "simulate",
+    "sweep",
+    "validate",
 ]
 
 _INT32_MIN = np.iinfo(np.int32).min  # R's NA_integer_: never a valid R integer value
@@ -508,7 +511,10 @@ def edit(
     ``obs_names``, ``var_names``, ``obs`` (frame spec of the edited concept columns with their new
     values), ``edited_columns``, ``concept_names``, ``concepts_factual`` / ``concepts_edited``
     (n x K) and ``unknown`` (n x d_u) dense matrix specs, ``info`` (the scalar entries of
-    ``uns["sccbgm_edit"]``: residual, expression, ...).
+    ``uns["sccbgm_edit"]``: residual, expression, ...), and for an ensemble ``uncertainty``: the
+    layers ``edit_sd`` / ``edit_lower`` / ``edit_upper`` as dense matrix specs (cells x genes)
+    and ``uncertainty_info`` (the scalar entries of ``uns["sccbgm_edit"]["uncertainty"]``); both
+    None for a single model.
     """
     from sccbgm import api
 
@@ -534,6 +540,13 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str]) -> Spec:
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
         "info": {k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
+        "uncertainty": {
+            key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64))
+            for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers
+        } or None,
+        "uncertainty_info": {
+            k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))
+        } or None,
     }
 
 
@@ -649,4 +662,88 @@ def evaluate(
     out["attrs"] = {
         str(k): v for k, v in table.attrs.items() if isinstance(v, (str, bool, int, float)) or v is None
     }
+    return out
+
+
+# ------------------------------------------------------------------- tools (sccbgm.tools)
+def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Keyword options from R: None dropped, str arrays -> lists of str."""
+    out: dict[str, Any] = {}
+    for key, value in _as_dict(options).items():
+        if value is None:
+            continue
+        if isinstance(value, np.ndarray) and value.dtype.kind in "OU":
+            value = [str(v) for v in value.reshape(-1)]
+        out[str(key)] = value
+    return out
+
+
+def _table_spec(table: pd.DataFrame, texts: Sequence[str] = (), frames: Sequence[str] = ()) -> Spec:
+    """A tool's table -> frame spec + ``row_names``, the string ``attrs`` named in ``texts`` and
+    the DataFrame ``attrs`` named in ``frames`` (``{"spec": frame spec, "n": rows}``)."""
+    out = frame_to_spec(table)
+    out["row_names"] = _str_array([str(i + 1) for i in range(len(table))])
+    out["texts"] = {k: str(table.attrs[k]) for k in texts if k in table.attrs}
+    out["frames"] = {k: {"spec": frame_to_spec(table.attrs[k]), "n": len(table.attrs[k])}
+                     for k in frames if k in table.attrs}
+    return out
+
+
+def _cells_selection(spec: Mapping[str, Any]) -> Any:
+    """Cells from R: ``{"kind": "selector", "columns": [str], "values": [str]}`` -> a selector
+    mapping; ``{"kind": "cells", "names": [str]}`` -> an array of obs names."""
+    if str(spec.get("kind")) == "selector":
+        return dict(zip(_as_str_list(spec.get("columns")), _as_str_list(spec.get("values")), strict=True))
+    return np.asarray(_as_str_list(spec.get("names")), dtype=object)
+
+
+def validate(
+    spec: Mapping[str, Any], concepts: Any, edit_spec: Any, group: str, *, source_spec: Any = None,
+    options: Mapping[str, Any] | None = None,
+) -> Spec:
+    """:func:`sccbgm.validate` on an AnnData spec; ``edit_spec`` / ``source_spec`` as for
+    :func:`set_from_spec`. Returns the table spec with ``texts["verdict"]`` and ``skipped``
+    (frame spec: group, reason)."""
+    kwargs = _options(options)
+    source = set_from_spec(source_spec) if source_spec is not None else None
+    table = _public("validate")(_engine_frame(spec), _as_str_list(concepts), set_from_spec(edit_spec), str(group),
+                                source=source, **kwargs)
+    out = _table_spec(table, texts=("verdict",))
+    skipped = table.attrs.get("skipped", {})
+    out["frames"]["skipped"] = {"spec": frame_to_spec(pd.DataFrame({"group": list(skipped),
+                                                                  "reason": list(skipped.values())})),
+                                "n": len(skipped)}
+    return out
+
+
+def sweep(model: Any, spec: Mapping[str, Any], concept: str, values: Any, *, cells: Any = None,
+          options: Mapping[str, Any] | None = None) -> Spec:
+    """:func:`sccbgm.sweep` on an AnnData spec; ``values`` a 1-D array (numbers or strings).
+    Returns the table spec (``value`` numeric when every value is) with ``top_genes``."""
+    vals = np.asarray(values).reshape(-1)
+    listed = [str(v) for v in vals] if vals.dtype.kind in "OU" else [v.item() for v in vals]
+    table = _public("sweep")(model, _engine_frame(spec), str(concept), listed, cells=_cells_arg(cells),
+                             **_options(options))
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in listed):
+        table["value"] = table["value"].astype(np.float64)
+    else:
+        table["value"] = table["value"].astype(str)
+    out = _table_spec(table)
+    out["top_genes"] = _str_array(table.attrs.get("top_genes", []))
+    return out
+
+
+def search_concepts(spec: Mapping[str, Any], source: Mapping[str, Any], target: Mapping[str, Any], *,
+                    options: Mapping[str, Any] | None = None) -> Spec:
+    """:func:`sccbgm.search_concepts` on an AnnData spec; ``source`` / ``target`` as in
+    :func:`_cells_selection`. Returns the table spec with ``texts["report"]``,
+    ``frames["separation"]`` and ``markers``."""
+    table = _public("search_concepts")(_engine_frame(spec), _cells_selection(source), _cells_selection(target),
+                                       **_options(options))
+    out = _table_spec(table, texts=("report",), frames=("separation",))
+    out["markers"] = _str_array(table.attrs.get("markers", []))
+    activities = table.attrs["activities"]
+    out["activities"] = {"spec": frame_to_spec(activities), "n": len(activities),
+                         "cells": _str_array(activities.index)}
+    out["model"] = table.attrs["model"]
     return out

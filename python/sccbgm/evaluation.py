@@ -35,7 +35,7 @@ COLUMNS = (
 )
 """Columns of the table returned by :func:`evaluate`, in order."""
 
-_DISTRIBUTION_METRICS = ("mmd", "fid", "sd")
+_DISTRIBUTION_METRICS = ("mmd", "fid", "sd", "edist")
 
 
 def _is_anndata(obj: Any) -> bool:
@@ -234,6 +234,8 @@ def evaluate(
     subtype_key: str | ArrayLike | None = None,
     true_subtypes: str | ArrayLike | None = None,
     k: int = 15,
+    control: Any = None,
+    n_degs: int = M.DEFAULT_N_DEGS,
 ) -> pd.DataFrame:
     """Evaluate predicted counterfactual cells against the true counterfactual population.
 
@@ -257,7 +259,8 @@ def evaluate(
         true_counterfactual: true counterfactual of each predicted cell, aligned with
             ``predicted`` (same cells, same order, or same obs_names); adds ``mse_gene`` and,
             with a PCA, ``mse_pca`` (:func:`sccbgm.metrics.cell_mse`).
-        metrics: distribution metrics among ``"mmd"``, ``"fid"``, ``"sd"``.
+        metrics: distribution metrics among ``"mmd"``, ``"fid"``, ``"sd"``, ``"edist"``
+            (pertpy's energy distance, :func:`sccbgm.metrics.e_distance`).
         layer: AnnData layer used for every AnnData input (default ``.X``).
         max_cells: per-set cap on the cells entering MMD and Sinkhorn (seeded uniform
             subsample, see :mod:`sccbgm.metrics`); FID always uses every cell.
@@ -270,14 +273,20 @@ def evaluate(
             ``subtype_key`` (obs column of ``reference`` or array) predicts the subtype of each
             predicted cell, compared with ``true_subtypes`` (obs column of ``predicted`` or
             array), in the evaluation feature space.
+        control: the unedited cells ``(n_ctrl, G)`` the prediction started from (e.g. the
+            source cells); adds the change-from-control metrics below.
+        n_degs: ``k`` of the top-k differentially expressed genes of ``target`` vs ``control``
+            (:func:`sccbgm.metrics.top_degs`: largest ``|mean(target) - mean(control)|``).
 
     Returns:
         A DataFrame with columns :data:`COLUMNS`, one row per metric: ``mmd``, ``fid``, ``sd``
         (``value`` = distance ``D(predicted, target)``), ``rmmd``, ``rfid``, ``rsd`` (``value`` =
         ratio, ``numerator`` = ``D(predicted, target)``, ``denominator`` =
         ``min_gamma D(p_gamma, target)``, ``closest_population`` = that ``gamma``),
-        ``mse_gene``, ``mse_pca``, ``knn_subtype_accuracy``. ``space`` is ``"pca"`` or
-        ``"gene"``. ``attrs`` holds ``n_components``, ``pca_fitted_on``, ``bandwidth``,
+        ``mse_gene``, ``mse_pca``, ``knn_subtype_accuracy`` and, with ``control``, ``r2_mean``
+        (R^2 of the gene means, all genes, :func:`sccbgm.metrics.r2_mean`), ``r2_mean_deg``,
+        ``pearson_delta``, ``pearson_delta_deg`` and ``deg_direction_accuracy`` (top-k DEGs).
+        ``space`` is ``"pca"``, ``"gene"`` or ``"deg"``. ``attrs`` holds ``n_components``, ``pca_fitted_on``, ``bandwidth``,
         ``epsilon``, ``max_cells``, ``seed``.
 
     Raises:
@@ -302,6 +311,10 @@ def evaluate(
     if reference is not None:
         ref = _Cells(reference, "reference", layer)
         ref.align_genes(tgt.var_names, tgt.x.shape[1], "target")
+    ctrl = None
+    if control is not None:
+        ctrl = _Cells(control, "control", layer)
+        ctrl.align_genes(tgt.var_names, tgt.x.shape[1], "target")
     truth = None
     if true_counterfactual is not None:
         truth = _Cells(true_counterfactual, "true_counterfactual", layer)
@@ -337,6 +350,7 @@ def evaluate(
         "mmd": (M.mmd, {"bandwidth": sigma, "max_cells": max_cells, "seed": seed}),
         "fid": (M.frechet_distance, {}),
         "sd": (M.sinkhorn_divergence, {"epsilon": eps, "max_cells": max_cells, "seed": seed}),
+        "edist": (M.e_distance, {}),
     }
 
     rows: list[dict[str, Any]] = []
@@ -363,6 +377,15 @@ def evaluate(
         if projection is not None:
             rows.append(_row("mse_pca", M.cell_mse(pred.x, truth.x, pca=projection), "pca"))
 
+    if ctrl is not None:
+        rows.append(_row("r2_mean", M.r2_mean(pred.x, tgt.x), "gene"))
+        degs = M.top_degs(ctrl.x, tgt.x, n_degs)
+        rows.append(_row("r2_mean_deg", M.r2_mean(pred.x, tgt.x, genes=degs), "deg"))
+        rows.append(_row("pearson_delta", M.pearson_delta(pred.x, tgt.x, ctrl.x), "gene"))
+        rows.append(_row("pearson_delta_deg", M.pearson_delta(pred.x, tgt.x, ctrl.x, genes=degs), "deg"))
+        rows.append(_row("deg_direction_accuracy",
+                         M.deg_direction_accuracy(pred.x, tgt.x, ctrl.x, genes=degs), "deg"))
+
     if subtypes_ref is not None:
         acc = M.knn_subtype_accuracy(pred_f, ref_f, subtypes_ref, subtypes_true, k=k)
         rows.append(_row("knn_subtype_accuracy", acc, space))
@@ -380,6 +403,7 @@ def evaluate(
             "epsilon": eps,
             "max_cells": max_cells,
             "seed": seed,
+            "n_degs": None if ctrl is None else n_degs,
         }
     )
     return table

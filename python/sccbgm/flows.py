@@ -144,8 +144,12 @@ class Counterfactual:
     from one generator seeded once, so the same seed and cells give the same output.
     """
 
-    def __init__(self, model: Model, *, mode: str | None = None, seed: int | None = None, n_steps: int | None = None) -> None:
+    def __init__(
+        self, model: Model, *, mode: str | None = None, seed: int | None = None, n_steps: int | None = None,
+        shift_unknown: bool = False,
+    ) -> None:
         self.model = model
+        self.shift_unknown = bool(shift_unknown) and "vae" in model.parts
         self.parts = model.parts
         self.is_flow = "flow" in self.parts
         if not self.is_flow:
@@ -213,13 +217,18 @@ class Counterfactual:
         c_fact = ab["concepts"]
         c_edit = torch.where(torch.from_numpy(np.array(assigned, dtype=bool)).to(dev), tensor(target), c_fact)
         noise = None
+        ab_edit = ab
+        if self.shift_unknown:
+            # move u with the concepts as far as it leaked with them on the training cells
+            shift = (c_edit - c_fact) @ self.parts["vae"].unknown_shift
+            ab_edit = {**ab, "unknown": torch.relu(ab["unknown"] + shift)}
         if not self.is_flow:
-            edited = decode(self.parts, ab, c_edit)
+            edited = decode(self.parts, ab_edit, c_edit)
             factual = decode(self.parts, ab, c_fact) if need_factual else None
         else:
             field = self.parts["flow"]
             emb_fact = field.embed_condition(flow_condition(self.parts, ab, c_fact))
-            emb_edit = field.embed_condition(flow_condition(self.parts, ab, c_edit))
+            emb_edit = field.embed_condition(flow_condition(self.parts, ab_edit, c_edit))
             if self.mode == "edit":
                 y0 = integrate(field, field.to_flow(x), emb_fact, 1.0, 0.0, self.n_steps)
             else:
@@ -260,6 +269,7 @@ def _train_part(
 def fit_cvae(
     data: CellData, values: np.ndarray, mask: np.ndarray, module_options: dict[str, Any],
     train_options: dict[str, Any], *, seed: int, device: torch.device, progress: bool | None,
+    description: str = "CVAE",
 ) -> tuple[Any, dict[str, list[float]]]:
     """Train the CVAE on the cells of ``data`` with labels (n, K); returns (module, history)."""
     from sccbgm.modules import ConditionalVAE, CVAEConfig
@@ -276,13 +286,13 @@ def fit_cvae(
     def make_batch(rows: np.ndarray) -> dict[str, torch.Tensor]:
         return {"x": torch.from_numpy(data.inputs(rows)).to(device), "concepts": concepts_t[rows], "mask": mask_t[rows]}
 
-    history = _train_part(cvae, data, make_batch, train_options, seed, progress, "CVAE")
+    history = _train_part(cvae, data, make_batch, train_options, seed, progress, description)
     return cvae, history
 
 
 def fit_flow(
     parts: dict[str, Any], data: CellData, values: np.ndarray, mask: np.ndarray, flow_options: dict[str, Any],
-    *, seed: int, device: torch.device, progress: bool | None,
+    *, seed: int, device: torch.device, progress: bool | None, description: str = "flow",
 ) -> tuple[Any, dict[str, list[float]]]:
     """Train a velocity field conditioned as the (trained, frozen) ``parts`` dictate.
 
@@ -311,7 +321,7 @@ def fit_flow(
         idx = torch.from_numpy(rows).to(device)
         return {"x": x_all[idx], "cond": cond_all[idx]}
 
-    history = _train_part(field, data, make_batch, flow_options["train"], seed, progress, "flow")
+    history = _train_part(field, data, make_batch, flow_options["train"], seed, progress, description)
     return field, history
 
 
@@ -329,6 +339,7 @@ def fit_model(
     device: str,
     progress: bool | None,
     base: Model | None = None,
+    tag: str = "",
 ) -> Model:
     """Fit ``"cvae"`` or a flow model (``base``: its trained scCBGM / CVAE, trained here when
     None for ``"cvae-fm"``; ``"sccbgm-fm"`` needs it). ``cfg``: the resolved preset."""
@@ -341,7 +352,8 @@ def fit_model(
     history: dict[str, dict[str, list[float]]] = {}
     if name in ("cvae", "cvae-fm") and base is None:
         cvae, history["cvae"] = fit_cvae(
-            data, values, mask, cfg["module"], cfg["train"], seed=seed, device=dev, progress=progress
+            data, values, mask, cfg["module"], cfg["train"], seed=seed, device=dev, progress=progress,
+            description="CVAE" + tag,
         )
         parts: dict[str, Any] = {"cvae": cvae}
         if name == "cvae":
@@ -359,7 +371,8 @@ def fit_model(
     else:
         raise SCCBGMError(f"{name!r} needs a trained base model.")
     field, history["flow"] = fit_flow(
-        parts, data, values, mask, cfg["flow"], seed=seed, device=dev, progress=progress
+        parts, data, values, mask, cfg["flow"], seed=seed, device=dev, progress=progress,
+        description="flow" + tag,
     )
     parts["flow"] = field
     return Model(name=name, spec=spec, transform=transform, parts=parts, options=record, history=history)

@@ -26,6 +26,9 @@ The draw is taken before any conversion: a sparse set is densified only for the 
 
 Ratio metrics (Eq. 10, 50, 52, 54): :func:`ratio`, :func:`rmmd`, :func:`rfid`, :func:`rsd`.
 Cell-level metrics: :func:`cell_mse`, :func:`knn_subtype_accuracy` (App. D.11).
+Metrics of the perturbation-prediction field (CPA, scPerturBench, pertpy): :func:`r2_mean`,
+:func:`pearson_delta`, :func:`deg_direction_accuracy` on all genes or the :func:`top_degs`, and
+:func:`e_distance` (pertpy's energy distance).
 Features: :func:`pca_features` (PCA fitted on the reference / training cells).
 """
 
@@ -50,18 +53,24 @@ __all__ = [
     "RELATIVE_EPSILON",
     "PCAProjection",
     "RatioResult",
+    "DEFAULT_N_DEGS",
     "cell_mse",
+    "deg_direction_accuracy",
+    "e_distance",
     "frechet_distance",
     "knn_subtype_accuracy",
     "median_bandwidth",
     "mmd",
     "pca_features",
+    "pearson_delta",
+    "r2_mean",
     "ratio",
     "rfid",
     "rmmd",
     "rsd",
     "sinkhorn_divergence",
     "sinkhorn_epsilon",
+    "top_degs",
 ]
 
 DEFAULT_MAX_CELLS = 5000
@@ -721,3 +730,146 @@ def knn_subtype_accuracy(
     clf = KNeighborsClassifier(n_neighbors=int(min(k, ref.shape[0])))
     clf.fit(ref, ref_labels)
     return float(np.mean(clf.predict(pred) == truth))
+
+
+# --------------------------------------------------------------------------------------------
+# perturbation-prediction metrics of the field (CPA, scPerturBench, pertpy)
+
+DEFAULT_N_DEGS = 20
+"""Default ``k`` of the top-k differentially expressed genes (CPA's Kang tutorial reports 20)."""
+
+
+def e_distance(x: Matrix, y: Matrix, *, metric: str = "euclidean", chunk_size: int = _CHUNK) -> float:
+    """Energy distance ``E(x, y) = 2 delta - sigma_x - sigma_y`` as pertpy defines it.
+
+    ``delta`` is the mean distance between the cells of ``x`` ``(n, d)`` and ``y`` ``(m, d)``,
+    ``sigma_x`` / ``sigma_y`` the mean distance within each set, means over all ``n^2`` /
+    ``m^2`` pairs (the zero diagonal included). This is pertpy's ``Edistance``
+    (``pertpy.tools.Distance(metric="edistance")``, ``pertpy/tools/_distances/_distances.py`` in
+    scverse/pertpy; Peidli et al. 2024, scPerturb), which pertpy applies to ``X_pca``. Its cell-wise
+    ``metric`` is ``"euclidean"`` (current pertpy and pertpy < 0.6); pertpy 0.6-0.9 used
+    ``"sqeuclidean"``, which gives ``2 ||mean(x) - mean(y)||^2``. Exact, accumulated over
+    ``chunk_size`` x ``chunk_size`` blocks. Units: those of ``metric``; 0 for identical sets.
+    """
+    if metric not in ("euclidean", "sqeuclidean"):
+        raise SCCBGMError(f"metric must be 'euclidean' or 'sqeuclidean', got {metric!r}")
+    a, b = _points(x, "x"), _points(y, "y")
+    _same_features(a, b)
+    a_sq, b_sq = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
+
+    def mean_distance(p: NDArray, q: NDArray, p_sq: NDArray, q_sq: NDArray) -> float:
+        total = 0.0
+        for i in range(0, p.shape[0], chunk_size):
+            for j in range(0, q.shape[0], chunk_size):
+                block = _sq_dists(p[i : i + chunk_size], q[j : j + chunk_size], p_sq[i : i + chunk_size],
+                                  q_sq[j : j + chunk_size])
+                total += float((block if metric == "sqeuclidean" else np.sqrt(block)).sum())
+        return total / (p.shape[0] * q.shape[0])
+
+    return 2.0 * mean_distance(a, b, a_sq, b_sq) - mean_distance(a, a, a_sq, a_sq) - mean_distance(b, b, b_sq, b_sq)
+
+
+def _gene_means(x: Matrix, name: str) -> NDArray[np.float64]:
+    """Mean expression ``(n_genes,)`` of the cells of ``x``."""
+    if sp.issparse(x):
+        _matrix_shape(x, name)
+        means = np.asarray(x.mean(axis=0), dtype=np.float64).ravel()
+    else:
+        means = _points(x, name).mean(axis=0)
+    if not np.isfinite(means).all():
+        raise SCCBGMError(f"{name} contains NaN or infinite values")
+    return means
+
+
+def _gene_index(genes: ArrayLike | None, n_genes: int) -> NDArray[np.intp] | slice:
+    if genes is None:
+        return slice(None)
+    idx = np.asarray(genes)
+    if idx.dtype == bool:
+        if idx.shape != (n_genes,):
+            raise SCCBGMError(f"a boolean gene mask must have {n_genes} entries, got {idx.shape}")
+        idx = np.flatnonzero(idx)
+    idx = idx.astype(np.intp).ravel()
+    if idx.size == 0:
+        raise SCCBGMError("genes selects no gene")
+    if idx.min() < -n_genes or idx.max() >= n_genes:
+        raise SCCBGMError(f"gene indices must lie in [0, {n_genes}), got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def top_degs(control: Matrix, real: Matrix, k: int = DEFAULT_N_DEGS) -> NDArray[np.intp]:
+    """Indices ``(k,)`` of the top-``k`` differentially expressed genes of ``real`` vs ``control``.
+
+    Genes are ranked by ``|mean(real) - mean(control)|`` (the absolute log fold change when the
+    inputs are log-normalised), largest first, ties by gene order. This choice needs no test
+    statistic, so every editor is scored on the same genes of one real contrast.
+    """
+    ctrl, tgt = _gene_means(control, "control"), _gene_means(real, "real")
+    if ctrl.shape != tgt.shape:
+        raise SCCBGMError(f"control has {ctrl.shape[0]} genes but real has {tgt.shape[0]}")
+    if not isinstance(k, int | np.integer) or k < 1:
+        raise SCCBGMError(f"k must be a positive integer, got {k!r}")
+    order = np.argsort(-np.abs(tgt - ctrl), kind="stable")
+    return order[: min(int(k), order.size)]
+
+
+def r2_mean(predicted: Matrix, real: Matrix, *, genes: ArrayLike | None = None) -> float:
+    """R^2 of the mean expression of ``predicted`` vs ``real`` cells, over genes (CPA's ``r2_mean``).
+
+    With ``mp = mean(predicted)`` and ``mr = mean(real)`` (per gene, over cells; the sets may have
+    different cells), ``R^2 = 1 - sum_g (mr_g - mp_g)^2 / sum_g (mr_g - mean_g(mr))^2``
+    (``sklearn.metrics.r2_score(mr, mp)``), on all genes or on ``genes`` (indices or a boolean
+    mask, e.g. :func:`top_degs`). 1 is perfect; it can be negative. NaN when ``mr`` is constant.
+    """
+    mp, mr = _gene_means(predicted, "predicted"), _gene_means(real, "real")
+    if mp.shape != mr.shape:
+        raise SCCBGMError(f"predicted has {mp.shape[0]} genes but real has {mr.shape[0]}")
+    idx = _gene_index(genes, mr.shape[0])
+    mp, mr = mp[idx], mr[idx]
+    total = float(np.sum((mr - mr.mean()) ** 2))
+    if total == 0.0:
+        return math.nan
+    return 1.0 - float(np.sum((mr - mp) ** 2)) / total
+
+
+def _deltas(
+    predicted: Matrix, real: Matrix, control: Matrix, genes: ArrayLike | None
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    mp, mr, mc = (_gene_means(predicted, "predicted"), _gene_means(real, "real"),
+                  _gene_means(control, "control"))
+    if not mp.shape == mr.shape == mc.shape:
+        raise SCCBGMError(
+            f"predicted, real and control must have the same genes, got {mp.shape[0]}, {mr.shape[0]}, "
+            f"{mc.shape[0]}"
+        )
+    idx = _gene_index(genes, mr.shape[0])
+    return (mp - mc)[idx], (mr - mc)[idx]
+
+
+def pearson_delta(
+    predicted: Matrix, real: Matrix, control: Matrix, *, genes: ArrayLike | None = None
+) -> float:
+    """Pearson correlation over genes of the predicted and the real change from control.
+
+    ``corr(mean(predicted) - mean(control), mean(real) - mean(control))`` over all genes or over
+    ``genes`` (indices or a boolean mask, e.g. :func:`top_degs`); in ``[-1, 1]``. NaN when either
+    change is constant (e.g. "no edit", whose predicted change is 0).
+    """
+    dp, dr = _deltas(predicted, real, control, genes)
+    if dp.size < 2 or np.std(dp) == 0.0 or np.std(dr) == 0.0:
+        return math.nan
+    return float(np.corrcoef(dp, dr)[0, 1])
+
+
+def deg_direction_accuracy(
+    predicted: Matrix, real: Matrix, control: Matrix, *, genes: ArrayLike | None = None
+) -> float:
+    """Fraction of genes whose predicted change from control has the real change's sign.
+
+    ``mean_g [sign(mean(predicted) - mean(control))_g == sign(mean(real) - mean(control))_g]``
+    over ``genes`` (usually the top-k DEGs of :func:`top_degs`; all genes when None), in
+    ``[0, 1]``. A predicted change of exactly 0 (no edit) never counts as right unless the real
+    one is 0 too.
+    """
+    dp, dr = _deltas(predicted, real, control, genes)
+    return float(np.mean(np.sign(dp) == np.sign(dr)))

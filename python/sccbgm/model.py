@@ -18,6 +18,10 @@ Compatibility policy (``format_version`` in the header; docs/reliability.md):
   network, so it is refused with an SCCBGMError that names it. Any change a reader must
   understand bumps ``FORMAT_VERSION``.
 
+Versions: v1 single models; v2 (ensembles, ``fit(n_members=K)``) adds the header list
+``more_members`` (one parts entry per member 2..K) and their tensors ``member<m>/<part>.*``. A
+single model is still written as v1, so older readers keep reading it.
+
 Saving is atomic: the file is written to a temporary file in the target folder and moved over
 the target with ``os.replace``, so an interrupted save leaves any earlier model intact. The
 folder must exist (a missing folder is an SCCBGMError; sccbgm does not create folders).
@@ -39,7 +43,7 @@ from sccbgm.data import InputTransform
 from sccbgm.errors import SCCBGMError
 
 FORMAT = "sccbgm-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # v2: ensembles ("more_members"); a single model is still written as v1
 
 
 def module_registry() -> dict[str, tuple[type, type]]:
@@ -60,7 +64,10 @@ class Model:
     transform: genes -> model input space (PCA on log-normalised training cells by default).
     parts: named torch modules (``{"vae": ConceptBottleneckVAE}``; flow models add ``"flow"``).
     options: everything ``fit`` was called with (presets resolved), JSON-able.
-    history: per-epoch loss terms of each trained part, ``{"vae": {"loss": [...], ...}}``.
+    history: per-epoch loss terms of each trained part, ``{"vae": {"loss": [...], ...}}``;
+        members 2..K of an ensemble add ``"<part> (member m)"`` entries.
+    more_members: an ensemble's members 2..K (``parts`` is member 1), each a parts dict like
+        ``parts``: same concepts and input transform, other seeds (``sccbgm.fit(n_members=K)``).
     """
 
     name: str
@@ -69,6 +76,7 @@ class Model:
     parts: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    more_members: list[dict[str, Any]] = field(default_factory=list)
 
     # ------------------------------------------------------------------ views
     @property
@@ -86,13 +94,37 @@ class Model:
         return list(self.transform.genes)
 
     @property
+    def members(self) -> list[dict[str, Any]]:
+        """The parts dicts of all ensemble members (one for a single model)."""
+        return [self.parts, *self.more_members]
+
+    @property
+    def n_members(self) -> int:
+        """Ensemble size K (1: a single model)."""
+        return 1 + len(self.more_members)
+
+    def member(self, m: int) -> Model:
+        """Ensemble member m (0-based) as a single model (shares spec, transform and modules)."""
+        if not 0 <= m < self.n_members:
+            raise SCCBGMError(f"member index {m} out of range for an ensemble of {self.n_members}.")
+        options = {k: v for k, v in self.options.items() if k not in ("n_members", "member_seeds")}
+        if "member_seeds" in self.options:
+            options["seed"] = self.options["member_seeds"][m]
+        history = {k: v for k, v in self.history.items() if "(member" not in k} if m == 0 else {
+            k.split(" (member")[0]: v for k, v in self.history.items() if k.endswith(f"(member {m + 1})")
+        }
+        return Model(name=self.name, spec=self.spec, transform=self.transform, parts=self.members[m],
+                     options=options, history=history)
+
+    @property
     def default_residual(self) -> bool:
         return bool(self.options.get("residual", True))
 
     def __repr__(self) -> str:
-        n_par = sum(p.numel() for m in self.parts.values() for p in m.parameters())
+        n_par = sum(p.numel() for parts in self.members for m in parts.values() for p in m.parameters())
+        ensemble = f", ensemble of {self.n_members}" if self.n_members > 1 else ""
         return (
-            f"sccbgm.Model({self.name!r}, {len(self.genes)} genes, concepts={self.concepts}, "
+            f"sccbgm.Model({self.name!r}{ensemble}, {len(self.genes)} genes, concepts={self.concepts}, "
             f"K={self.spec.n_concepts}, input={self.transform.input_kind}/{self.transform.representation}"
             f"[{self.transform.n_features}], {n_par:,} parameters)"
         )
@@ -122,27 +154,32 @@ class Model:
         from safetensors import SafetensorError
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
+        path = _path(path)
         folder = os.path.dirname(os.path.abspath(path))
         if os.path.isdir(path):
             raise SCCBGMError(f"cannot save the model to {path!r}: it is a folder; give a file name.")
         if not os.path.isdir(folder):
             raise SCCBGMError(f"cannot save the model to {path!r}: the folder {folder!r} does not exist.")
         tensors = {}
-        for part, module in self.parts.items():
-            for key, value in module.state_dict().items():
-                tensors[f"{part}.{key}"] = value.detach().cpu().contiguous()
+        for m, parts in enumerate(self.members):
+            for part, module in parts.items():
+                for key, value in module.state_dict().items():
+                    tensors[f"{_member_prefix(m)}{part}.{key}"] = value.detach().cpu().contiguous()
         for key, value in self.transform.arrays().items():
             tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
         header = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.more_members else 1,
             "name": self.name,
             "spec": self.spec.to_dict(),
             "transform": self.transform.header(),
             "parts": {
                 part: {"class": type(m).__name__, "config": m.config.to_dict()} for part, m in self.parts.items()
             },
+            "more_members": [
+                {part: {"class": type(m).__name__, "config": m.config.to_dict()} for part, m in parts.items()}
+                for parts in self.more_members
+            ],
             "options": self.options,
             "history": self.history,
         }
@@ -171,7 +208,7 @@ class Model:
         """
         from safetensors import SafetensorError, safe_open
 
-        path = os.fspath(path)
+        path = _path(path)
         if not os.path.isfile(path):
             raise SCCBGMError(f"no model file at {path!r}.")
         try:
@@ -212,44 +249,17 @@ class Model:
     @classmethod
     def _from_header(cls, header: dict[str, Any], tensors: dict[str, Any], device: str) -> Model:
         """Rebuild the model from a version-checked header and its tensors (see :meth:`load`)."""
-        import dataclasses
 
         registry = module_registry()
-        parts = {}
-        for part, desc in header["parts"].items():
-            if desc["class"] not in registry:
-                raise SCCBGMError(
-                    f"part {part!r} has unknown module class {desc['class']!r}; this sccbgm knows "
-                    f"{sorted(registry)}."
-                )
-            module_cls, config_cls = registry[desc["class"]]
-            known = {f.name for f in dataclasses.fields(config_cls)}
-            unknown = sorted(set(desc["config"]) - known)
-            if unknown:
-                raise SCCBGMError(
-                    f"part {part!r} ({desc['class']}) has unknown config key(s) {unknown}; it was "
-                    "written by another sccbgm version whose network this one cannot rebuild."
-                )
-            module = module_cls(config_cls(**desc["config"]))
-            state = {k[len(part) + 1 :]: v for k, v in tensors.items() if k.startswith(part + ".")}
-            expected = module.state_dict()
-            missing = sorted(set(expected) - set(state))
-            if missing:
-                raise SCCBGMError(f"part {part!r} lacks the tensor(s) {missing[:5]}; the file is incomplete.")
-            extra = sorted(set(state) - set(expected))
-            if extra:
-                raise SCCBGMError(f"part {part!r} has unexpected tensor(s) {extra[:5]}; the file does not match its header.")
-            bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
-            if bad:
-                k = bad[0]
-                raise SCCBGMError(
-                    f"tensor {part}.{k} has shape {tuple(state[k].shape)}, the header's network needs "
-                    f"{tuple(expected[k].shape)}; the file does not match its header."
-                )
-            module.load_state_dict(state)
-            parts[part] = module.to(device).eval()
-        if not parts:
-            raise SCCBGMError("the model file holds no network.")
+        members = []
+        # files written before ensembles (v1) have no "more_members": a single model
+        for m, descs in enumerate([header["parts"], *header.get("more_members", [])]):
+            parts = {}
+            for part, desc in descs.items():
+                parts[part] = _load_part(part, desc, tensors, _member_prefix(m), registry, device)
+            if not parts:
+                raise SCCBGMError("the model file holds no network." if m == 0 else f"ensemble member {m + 1} holds no network.")
+            members.append(parts)
         arrays = {}
         for key in ("transform.mean", "transform.components"):
             if key not in tensors:
@@ -264,10 +274,62 @@ class Model:
             name=header["name"],
             spec=ConceptSpec.from_dict(header["spec"]),
             transform=transform,
-            parts=parts,
+            parts=members[0],
             options=dict(header.get("options", {})),
             history=dict(header.get("history", {})),
+            more_members=members[1:],
         )
+
+
+def _member_prefix(m: int) -> str:
+    """Tensor-name prefix of ensemble member m (0-based): none for the first, as in v1 files."""
+    return "" if m == 0 else f"member{m + 1}/"
+
+
+def _load_part(part: str, desc: dict[str, Any], tensors: dict[str, Any], prefix: str, registry: Any, device: str) -> Any:
+    """Rebuild one network from its header entry and its tensors ``<prefix><part>.*``."""
+    import dataclasses
+
+    name = f"{prefix}{part}"
+    if desc["class"] not in registry:
+        raise SCCBGMError(
+            f"part {name!r} has unknown module class {desc['class']!r}; this sccbgm knows "
+            f"{sorted(registry)}."
+        )
+    module_cls, config_cls = registry[desc["class"]]
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(desc["config"]) - known)
+    if unknown:
+        raise SCCBGMError(
+            f"part {name!r} ({desc['class']}) has unknown config key(s) {unknown}; it was "
+            "written by another sccbgm version whose network this one cannot rebuild."
+        )
+    module = module_cls(config_cls(**desc["config"]))
+    state = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    if hasattr(module, "unknown_shift") and "unknown_shift" not in state:
+        state["unknown_shift"] = module.unknown_shift  # files written before the leak correction (B_u = 0)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise SCCBGMError(f"part {name!r} lacks the tensor(s) {missing[:5]}; the file is incomplete.")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise SCCBGMError(f"part {name!r} has unexpected tensor(s) {extra[:5]}; the file does not match its header.")
+    bad = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if bad:
+        k = bad[0]
+        raise SCCBGMError(
+            f"tensor {name}.{k} has shape {tuple(state[k].shape)}, the header's network needs "
+            f"{tuple(expected[k].shape)}; the file does not match its header."
+        )
+    module.load_state_dict(state)
+    return module.to(device).eval()
+
+
+def _path(path: Any) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise SCCBGMError(f"`path` must be a file path (str or pathlib.Path), not {path!r}.")
+    return os.fspath(path)
 
 
 def _umask() -> int:

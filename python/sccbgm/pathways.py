@@ -12,7 +12,7 @@ scores are constant gets 0.5. The bounds are stored in ``adata.uns`` so values c
 
 Weights (decoupler network format: ``source,target,weight[,p_value]``) come from, in order:
 ``weights=`` (a CSV path), ``$SCCBGM_PROGENY_DIR/progeny_{organism}_top{top}.csv``,
-``<repo root>/../shared/data/progeny_{organism}_top{top}.csv``, then the network through
+the shared data folder (``$SCCBGM_SHARED_DATA``, else ``<repo root>/../shared/data``), then the network through
 ``decoupler.op.progeny``. A top-500 file also serves any ``top <= 500`` (the ``top`` genes with
 the smallest p-value per pathway are kept, as decoupler does).
 """
@@ -39,13 +39,13 @@ _LOCAL_TOPS = (500,)
 
 
 def _candidate_files(organism: str, top: int) -> list[Path]:
-    from sccbgm.datasets import repo_root
+    from sccbgm.datasets import shared_data_dir
 
     dirs = []
     env = os.environ.get("SCCBGM_PROGENY_DIR")
     if env:
         dirs.append(Path(env).expanduser())
-    dirs.append(repo_root().parent / "shared" / "data")
+    dirs.append(shared_data_dir())
     names = [f"progeny_{organism}_top{top}.csv"]
     names += [f"progeny_{organism}_top{t}.csv" for t in _LOCAL_TOPS if t > top]
     return [d / n for d in dirs for n in names]

@@ -4,7 +4,7 @@ A module is an ``nn.Module`` whose ``forward(batch)`` returns a dict of named lo
 weighted total under ``"loss"``. The loop is deliberately plain (Adam + exponential decay per
 epoch, as in paper D.4): the module can be wrapped in ``torch.nn.parallel.DistributedDataParallel``
 unchanged, since gradients flow through ``forward``. Its overhead against a bare loop is measured
-by ``python -m sccbgm.bench overhead`` (see README).
+by ``python -m sccbgm.bench overhead`` (see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -50,7 +50,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     """"auto"/None -> CUDA when available, else CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SCCBGMError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), not {device!r}.") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SCCBGMError(f"device must be 'auto', 'cpu' or 'cuda' (or 'cuda:N'), not {device!r}.")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SCCBGMError("device='cuda' requested but CUDA is not available; use device='cpu'.")
     return dev
@@ -65,10 +70,15 @@ def torch_threads(n: int | None = None) -> Iterator[int]:
     busy 2-core machine), hence the override.
     """
     if n is None and os.environ.get("SCCBGM_NUM_THREADS"):
-        n = int(os.environ["SCCBGM_NUM_THREADS"])
+        try:
+            n = int(os.environ["SCCBGM_NUM_THREADS"])
+        except ValueError:
+            raise SCCBGMError(
+                f"SCCBGM_NUM_THREADS must be a whole number, not {os.environ['SCCBGM_NUM_THREADS']!r}."
+            ) from None
     before = torch.get_num_threads()
     if n is not None:
-        if n < 1:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise SCCBGMError(f"num_threads must be >= 1, not {n}.")
         torch.set_num_threads(n)
     try:

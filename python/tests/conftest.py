@@ -1,4 +1,13 @@
-"""Shared fixtures: a small toy data set with known structure and a model fitted on it once."""
+"""Shared fixtures: a small toy data set with known structure and a model fitted on it once; the
+rule for tests on the shared real data.
+
+Real-data tests read ``sccbgm.datasets.shared_data_dir()`` (``../shared/data``, or
+``$SCCBGM_SHARED_DATA``). Mark them ``@pytest.mark.shared_data("file", ...)`` (or call the
+``require_shared_data`` fixture from a fixture): where a file is missing they are skipped on a
+developer's machine, but fail under CI (``CI=true``, or ``SCCBGM_PYTHON`` set as ``make test``
+does), as the R and rpy2 suites do for a missing Python side, so a CI run cannot pass without
+having run them. ``SCCBGM_ALLOW_MISSING_DATA=1`` turns the failure back into a skip.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,61 @@ import pytest
 os.environ.setdefault("SCCBGM_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+# the message every real-data skip starts with (pytest_runtest_makereport below relies on it)
+SHARED_DATA_ABSENT = "shared data absent"
+
+
+def missing_data_fails() -> bool:
+    """True under CI / ``make test``, where a real-data test must run, not skip."""
+    if os.environ.get("SCCBGM_ALLOW_MISSING_DATA") == "1":
+        return False
+    return bool(os.environ.get("SCCBGM_PYTHON")) or os.environ.get("CI", "").lower() == "true"
+
+
+def _require_shared_data(names: tuple[str, ...]) -> Path:
+    from sccbgm.datasets import shared_data_dir
+
+    folder = shared_data_dir()
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        reason = f"{SHARED_DATA_ABSENT}: {folder} lacks {', '.join(missing)}"
+        if missing_data_fails():
+            pytest.fail(f"{reason} (CI: set SCCBGM_SHARED_DATA, or SCCBGM_ALLOW_MISSING_DATA=1 to skip)",
+                        pytrace=False)
+        pytest.skip(reason)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def require_shared_data():
+    """``require_shared_data(*file_names) -> folder``: skip (fail under CI) when one is missing."""
+    return lambda *names: _require_shared_data(names)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "shared_data(*file_names): needs these files of the shared real data (skip, or fail under CI)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("shared_data"):
+        _require_shared_data(marker.args)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Under CI, a real-data skip written by hand (``pytest.skip("shared data absent: ...")``)
+    fails too, so no real-data test escapes the rule."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and missing_data_fails() and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        if SHARED_DATA_ABSENT in reason:
+            report.outcome = "failed"
+            report.longrepr = f"{reason} -- under CI a real-data test must run (SCCBGM_ALLOW_MISSING_DATA=1 to skip)"
 
 
 def make_toy(n_cells: int = 1200, n_genes: int = 120, seed: int = 0):

@@ -138,3 +138,40 @@ def test_tiny_synthetic_run_end_to_end(tmp_path, monkeypatch):
     assert len(bold) == 1 and bold[0].startswith(f"| {best}")
     for png in ("errors_synthetic.png", "embedding.png"):
         assert (tmp_path / png).stat().st_size > 1000
+
+
+def test_python_finder_and_missing_interpreter_are_reported(tmp_path, monkeypatch):
+    import sys
+
+    from sccbgm.bench import peers
+
+    running = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    found = peers.find_python(running)
+    assert found is None or peers.find_python(running) == found  # deterministic when present
+    assert peers.find_python("2.99") is None
+    monkeypatch.setitem(peers.PYTHON_VERSION, "cpa", "2.99")
+    python, why = peers.ensure_environment(tmp_path / "v", "cpa", install=True)
+    assert python is None and "no Python 2.99 interpreter" in why
+    assert not (tmp_path / "v-cpa").exists()
+
+
+def test_real_peer_split_keeps_source_cells_once():
+    import anndata as ad
+
+    from sccbgm.bench.real import _peer_task
+
+    obs = pd.DataFrame({"cell_type": ["A", "A", "B", "B", "B", "A"], "stim": [0, 1, 0, 0, 1, 1],
+                        "condition": ["ctrl", "stim", "ctrl", "ctrl", "stim", "stim"]},
+                       index=[f"c{i}" for i in range(6)])
+    x = np.arange(12, dtype=float).reshape(6, 2)
+    adata = ad.AnnData(X=x, obs=obs)
+    task = {"name": "t", "source": {"cell_type": "A", "condition": "ctrl"},
+            "target": {"cell_type": "A", "condition": "stim"}, "set": {"stim": 1}}
+    train = adata[~((obs["cell_type"] == "A") & (obs["stim"] == 1)).to_numpy()].copy()
+    source = adata[["c0"]].copy()
+    td, why = _peer_task(train, source, x[[0, 2, 3, 4]], x[[0]], task, seed=3)
+    assert why == "" and td.task.concept == "stim" and td.task.cell_type == "A"
+    assert list(td.train.obs_names) == ["c2", "c3", "c4"] and list(td.intervene.obs_names) == ["c0"]
+    assert td.x_train.tolist() == x[[2, 3, 4]].tolist() and td.concepts == ["stim"]
+    bad = {**task, "set": {"stim": 1, "condition": "stim"}}
+    assert _peer_task(train, source, x[[0, 2, 3, 4]], x[[0]], bad, seed=3)[0] is None

@@ -14,7 +14,8 @@ from sccbgm.cli import main
 
 
 def test_demo_writes_report_model_and_plots(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--cells", "800", "--genes", "60"]) == 0
+    # 2 ensemble members instead of the demo's 3 keep this test's fit time down
+    assert main(["demo", "--out", str(tmp_path), "--cells", "800", "--genes", "60", "--members", "2"]) == 0
     report = (tmp_path / "report.md").read_text()
     for editor in ("no edit", "mean shift (other types)", "scCBGM"):
         assert f"| {editor} |" in report
@@ -22,10 +23,14 @@ def test_demo_writes_report_model_and_plots(tmp_path, capsys):
     table = pd.read_csv(tmp_path / "results.csv")
     assert set(table["editor"]) == {"no edit", "mean shift (other types)", "scCBGM"}
     assert (table["mse_genes"] > 0).all()
-    for png in ("errors.png", "embedding.png", "history.png"):
+    for png in ("errors.png", "embedding.png", "history.png", "uncertainty.png"):
         assert (tmp_path / png).stat().st_size > 1000
     model = sccbgm.load(tmp_path / "model.sccbgm")
-    assert model.name == "sccbgm"
+    assert model.name == "sccbgm" and model.n_members == 2
+    # the uncertainty section states the coverage of the true counterfactuals
+    assert "## Per-cell uncertainty" in report
+    coverage = float(report.split("target 90%): **")[1].split("%")[0])
+    assert 0 < coverage <= 100
     assert "[4/4] report" in capsys.readouterr().out
 
 
@@ -113,7 +118,7 @@ def test_cli_failure_paths_exit_2_with_one_line_and_destroy_nothing(files, tmp_p
         (["fit", str(data), "--concepts", "stim", "--layer", "counts", "--out", str(tmp_path / "m2.sccbgm")],
          "layer 'counts' not found"),
         (["fit", str(data), "--concepts", "stim", "--epochs", "0", "--out", str(tmp_path / "m2.sccbgm")],
-         "epochs must be >= 1"),
+         "option epochs must be a whole number >= 1"),
         (["fit", str(data), "--concepts", "stim", "--model", "scgen", "--out", str(tmp_path / "m2.sccbgm")],
          "unknown model 'scgen'"),
         # argparse usage errors: one line too
@@ -168,3 +173,27 @@ def test_cli_process_prints_no_traceback(files, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("sccbgm: error: ") and proc.stderr.count("\n") == 1
+
+
+def test_fit_an_ensemble_and_edit_with_uncertainty_layers(toy, tmp_path):
+    data = tmp_path / "cells.h5ad"
+    small = toy[:300].copy()
+    del small.uns["stim_effect"]
+    small.write_h5ad(data)
+    model_path = tmp_path / "ens.sccbgm"
+    assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--members", "2",
+                 "--out", str(model_path)]) == 0
+    assert sccbgm.load(model_path).n_members == 2
+    out = tmp_path / "edited.h5ad"
+    assert main(["edit", str(data), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
+                 "--out", str(out)]) == 0
+    edited = ad.read_h5ad(out)
+    assert {"edit_sd", "edit_lower", "edit_upper"} <= set(edited.layers)
+    assert edited.uns["sccbgm_edit"]["n_members"] == 2
+
+
+def test_bench_errors_are_one_line_too(tmp_path, capsys):
+    code = main(["bench", "real", "--data", str(tmp_path / "no.h5ad"), "--tasks", str(tmp_path / "no.json"),
+                 "--out", str(tmp_path / "out")])
+    _one_error_line(capsys, 2, code, "no such file")
+    _one_error_line(capsys, 2, main(["bench", "overhead", "--epochs", "0"]), "epochs must be >= 1")

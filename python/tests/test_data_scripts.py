@@ -30,7 +30,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "data_scripts"
 DATA = shared_data_dir()
 KANG = DATA / KANG_SUBSET_FILE
 MOUSE_WEIGHTS = DATA / "progeny_mouse_top500.csv"
-needs_kang = pytest.mark.skipif(not KANG.is_file(), reason=f"shared data absent: {KANG} not found")
+needs_kang = pytest.mark.shared_data(KANG_SUBSET_FILE)  # skip, or fail under CI (conftest)
 
 
 def _script(name: str):
@@ -107,9 +107,8 @@ def test_hvg_by_mean_expression_and_unknown_flavor(common):
 
 # ----------------------------------------------------------------------------- Kang (real cells)
 @pytest.fixture(scope="module")
-def kang_run(tmp_path_factory):
-    if not KANG.is_file():
-        pytest.skip(f"shared data absent: {KANG} not found")
+def kang_run(tmp_path_factory, require_shared_data):
+    require_shared_data(KANG_SUBSET_FILE)
     kang = _script("prepare_kang")
     out = tmp_path_factory.mktemp("kang")
     kang.main(["--from", str(KANG), "--out-dir", str(out)])

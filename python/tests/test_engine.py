@@ -26,10 +26,15 @@ def test_concept_predictions_are_accurate_on_held_out_cells(toy, toy_model):
 
 
 def test_training_history_decreases(toy_model):
+    """Last / first epoch of each loss term, measured over 9 fits (toy data seeds 0-2 x fit seeds
+    0-2, 25 epochs): total 0.215-0.231, reconstruction 0.396-0.458, concept 0.0024-0.0039; a model
+    stopped after 2 epochs reaches 0.68-0.71, 0.62-0.69 and 0.57-0.73. The bounds leave about 30%
+    (total), 20% (reconstruction) and 2.5x (concept, a BCE near zero) above the worst fit."""
     hist = toy_model.history["vae"]
-    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
-    assert hist["concept"][-1] < 0.3 * hist["concept"][0]
     assert len(hist["loss"]) == 25
+    assert hist["loss"][-1] < 0.3 * hist["loss"][0]
+    assert hist["reconstruction"][-1] < 0.55 * hist["reconstruction"][0]
+    assert hist["concept"][-1] < 0.01 * hist["concept"][0]
 
 
 def test_edit_flips_concept_and_keeps_unknown_factors(toy, toy_model):

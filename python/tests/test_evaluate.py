@@ -96,3 +96,23 @@ def test_public_evaluate_is_the_function_even_after_importing_its_module():
 
     importlib.import_module("sccbgm.evaluation")
     assert callable(sccbgm.evaluate) and sccbgm.evaluate.__name__ == "evaluate"
+
+
+def test_field_metrics_rows_match_functions_and_hand_values():
+    control = np.array([[2.0, 2.0, 2.0, 2.0], [2.0, 2.0, 2.0, 2.0]])
+    target = np.array([[3.0, 1.0, 2.5, 2.0], [3.0, 1.0, 2.5, 2.0]])  # change (1, -1, 0.5, 0)
+    predicted = np.array([[2.5, 2.5, 1.0, 2.0], [2.5, 2.5, 1.0, 2.0]])  # change (0.5, 0.5, -1, 0)
+    table = sccbgm.evaluate(predicted, target, control=control, n_degs=2, n_components=None,
+                            metrics=("edist",))
+    row = table.set_index("metric")["value"]
+    # top-2 DEGs: genes 0 and 1; signs right on gene 0 only
+    assert row["deg_direction_accuracy"] == pytest.approx(0.5)
+    # r2 of the means over all genes: SS_res = 0.25 + 2.25 + 2.25 = 4.75, SS_tot = 2.1875
+    assert row["r2_mean"] == pytest.approx(1 - 4.75 / 2.1875)
+    # DEGs: mr = (3, 1), mp = (2.5, 2.5): SS_res = 2.5, SS_tot = 2
+    assert row["r2_mean_deg"] == pytest.approx(1 - 2.5 / 2.0)
+    assert row["pearson_delta"] == pytest.approx(metrics.pearson_delta(predicted, target, control))
+    assert np.isnan(row["pearson_delta_deg"])  # predicted change on the DEGs is constant (0.5, 0.5)
+    assert row["edist"] == pytest.approx(metrics.e_distance(predicted, target))
+    assert table.attrs["n_degs"] == 2
+    assert "r2_mean_deg" not in sccbgm.evaluate(predicted, target, n_components=None, metrics="fid")["metric"].tolist()

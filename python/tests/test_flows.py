@@ -176,15 +176,18 @@ def test_every_model_edits_through_the_same_api(split, models, name):
     assert list(edited.obs.columns) == list(test.obs.columns) and (edited.obs["stim"] == 1).all()
     assert np.isfinite(edited.X).all() and (edited.X >= 0).all()
     is_flow = name in FLOW_MODELS
-    width = {"sccbgm": 64, "cbgm": model.parts.get("vae") and model.parts["vae"].config.unknown_dim,
-             "cvae": 64, "sccbgm-fm": 64, "cvae-fm": 64, "vanilla-fm": 0}[name]
+    # d_u: the cpu preset's 64; CBGM makes it K * m with the CEM width m = 64 // K (K = 4 concepts
+    # here: stim + 3 cell types), so its cosine loss is defined; vanilla-FM has no encoder
+    width = {"sccbgm": 64, "cbgm": 4 * (64 // 4), "cvae": 64, "sccbgm-fm": 64, "cvae-fm": 64, "vanilla-fm": 0}[name]
+    assert k == 4
     expected = {"X_concepts_factual": (n, k), "X_concepts_edited": (n, k), "X_unknown": (n, width)}
     if is_flow:
         expected["X_noise"] = (n, model.transform.n_features)
     assert {key: edited.obsm[key].shape for key in edited.obsm} == expected
     assert (edited.obsm["X_concepts_edited"][:, 0] == 1).all()
     meta = edited.uns["sccbgm_edit"]
-    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode"}
+    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode", "count_edit",
+                 "shift_unknown"}
     assert set(meta) == base_keys | ({"solver", "n_steps"} if is_flow else set())
     assert meta["model"] == name and meta["set"] == {"stim": 1} and meta["residual"] is True
     assert meta["mode"] == ("edit" if is_flow else "abduction")
@@ -293,6 +296,15 @@ def sim_task():
 
 
 def test_sccbgm_and_sccbgm_fm_beat_no_edit_on_true_counterfactuals(sim_task):
+    """Cell-level MSE against the true counterfactuals (log-normalised genes, residual edits).
+
+    Measured on this task over fit seeds 0-4, as a fraction of the no-edit MSE (0.0183): the
+    mean-shift floor 0.087 (it does not depend on the fit), scCBGM 0.076-0.092 (0.87-1.05 x the
+    floor: on this simulator, whose concept effect is the same shift in every cell type, the
+    mean-shift editor is close to an oracle; see docs/known-limits.md), scCBGM-FM edit 0.10-0.12
+    and decode 0.10-0.125 (1.16-1.43 x the floor); the flow's own output (residual=False) in its
+    PCA space 0.074-0.097 of no edit's. Each bound leaves 1.2-1.6x above the worst seed.
+    """
     s = sim_task
     truth, x, edit_set = s["truth"], s["x"], {s["task"].concept: 1}
     assert s["base"].transform.input_kind == "counts"
@@ -308,9 +320,13 @@ def test_sccbgm_and_sccbgm_fm_beat_no_edit_on_true_counterfactuals(sim_task):
         "scCBGM-FM (decode)": sccbgm.edit(s["fm"], s["split"].intervene, set=edit_set, mode="decode", seed=0).X,
     }
     scores = {label: mse(pred) for label, pred in preds.items()}
-    print("\ncell-level MSE vs true counterfactuals (log-normalised genes, residual edits):", scores)
-    assert scores["scCBGM"] < 0.5 * scores["no edit"], scores
-    assert scores["scCBGM-FM (edit)"] < 0.5 * scores["no edit"], scores
+    floor = scores["mean shift"]
+    assert floor < 0.15 * scores["no edit"], scores
+    assert scores["scCBGM"] < 0.15 * scores["no edit"], scores
+    assert scores["scCBGM"] < 1.25 * floor, scores
+    for label in ("scCBGM-FM (edit)", "scCBGM-FM (decode)"):
+        assert scores[label] < 0.2 * scores["no edit"], (label, scores)
+        assert scores[label] < 1.75 * floor, (label, scores)
     # the flow itself, without the residual: in its own (PCA) space the edited cells are closer
     # to the truth than the unedited ones (gene space adds what PCA drops, to both alike)
     tr = s["fm"].transform
@@ -320,5 +336,4 @@ def test_sccbgm_and_sccbgm_fm_beat_no_edit_on_true_counterfactuals(sim_task):
     def mse_pcs(pred: np.ndarray) -> float:
         return float(((tr.features(pred) - pcs_truth) ** 2).mean())
 
-    print("PCA-space MSE: no edit", mse_pcs(x), "scCBGM-FM (edit, residual=False)", mse_pcs(raw))
-    assert mse_pcs(raw) < 0.5 * mse_pcs(x)
+    assert mse_pcs(raw) < 0.15 * mse_pcs(x), (mse_pcs(raw), mse_pcs(x))

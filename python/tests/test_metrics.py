@@ -335,3 +335,64 @@ def test_sparse_sets_are_subsampled_before_densifying() -> None:
     bad.data[-1] = np.nan  # a NaN in any cell is still caught, drawn or not
     with pytest.raises(SCCBGMError, match="NaN"):
         M.mmd(bad, y, max_cells=10)
+
+
+# --- field metrics: r2_mean, pearson_delta, deg_direction_accuracy, top_degs, e_distance ---
+
+
+def test_e_distance_by_hand_pertpy_definition() -> None:
+    x, y = np.array([[0.0], [2.0]]), np.array([[5.0]])
+    # pertpy Edistance: 2 * mean|x - y| - mean|x - x'| - mean|y - y'| (diagonal included)
+    # delta = (5 + 3) / 2 = 4; sigma_x = (0 + 2 + 2 + 0) / 4 = 1; sigma_y = 0
+    assert M.e_distance(x, y) == pytest.approx(7.0)
+    # sqeuclidean: delta = (25 + 9) / 2 = 17, sigma_x = 8 / 4 = 2 -> 32 = 2 * (1 - 5)^2
+    assert M.e_distance(x, y, metric="sqeuclidean") == pytest.approx(32.0)
+    assert M.e_distance(y, x) == pytest.approx(7.0)
+
+
+def test_e_distance_matches_dense_formula_and_chunks() -> None:
+    x, y = _gauss(37, 4, seed=1), _gauss(23, 4, shift=1.0, seed=2)
+    dense = 2 * cdist(x, y).mean() - cdist(x, x).mean() - cdist(y, y).mean()
+    assert M.e_distance(x, y) == pytest.approx(dense, rel=1e-7)
+    assert M.e_distance(x, y, chunk_size=5) == pytest.approx(M.e_distance(x, y), rel=1e-12)
+    assert M.e_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(SCCBGMError, match="metric"):
+        M.e_distance(x, y, metric="cosine")
+
+
+def test_r2_mean_by_hand() -> None:
+    real = np.array([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0]])  # mean (2, 3, 4)
+    pred = np.array([[2.0, 3.0, 5.0]])  # mean (2, 3, 5)
+    # SS_res = 1, SS_tot = 1 + 0 + 1 = 2
+    assert M.r2_mean(pred, real) == pytest.approx(0.5)
+    # genes 1, 2: mr = (3, 4), mp = (3, 5): SS_res = 1, SS_tot = 0.5
+    assert M.r2_mean(pred, real, genes=[1, 2]) == pytest.approx(-1.0)
+    assert M.r2_mean(pred, real, genes=np.array([False, True, True])) == pytest.approx(-1.0)
+    assert M.r2_mean(real, real) == pytest.approx(1.0)
+    assert M.r2_mean(sp.csr_matrix(pred), sp.csr_matrix(real)) == pytest.approx(0.5)
+    with pytest.raises(SCCBGMError, match="genes"):
+        M.r2_mean(pred, real[:, :2])
+
+
+def test_pearson_delta_by_hand() -> None:
+    control = np.ones((2, 3))
+    real = control + np.array([1.0, 2.0, 3.0])
+    pred = control + np.array([1.0, 2.0, 4.0])
+    # deviations (-1, 0, 1) and (-4/3, -1/3, 5/3): r = 3 / sqrt(2 * 42 / 9) = 9 / sqrt(84)
+    assert M.pearson_delta(pred, real, control) == pytest.approx(9 / np.sqrt(84))
+    assert M.pearson_delta(pred, real, control, genes=[0, 1]) == pytest.approx(1.0)
+    assert np.isnan(M.pearson_delta(control, real, control))  # no edit: no predicted change
+
+
+def test_deg_direction_and_top_degs_by_hand() -> None:
+    control = np.full((1, 4), 2.0)
+    real = np.array([[3.0, 1.0, 2.5, 2.0]])  # change (1, -1, 0.5, 0)
+    pred = np.array([[2.5, 2.5, 1.0, 2.0]])  # change (0.5, 0.5, -1, 0)
+    assert M.deg_direction_accuracy(pred, real, control) == pytest.approx(0.5)
+    degs = M.top_degs(control, real, k=2)
+    assert degs.tolist() == [0, 1]
+    assert M.deg_direction_accuracy(pred, real, control, genes=degs) == pytest.approx(0.5)
+    assert M.deg_direction_accuracy(pred, real, control, genes=[0]) == 1.0
+    assert M.top_degs(control, real, k=10).tolist() == [0, 1, 2, 3]
+    with pytest.raises(SCCBGMError, match="k must"):
+        M.top_degs(control, real, k=0)

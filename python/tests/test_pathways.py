@@ -15,15 +15,12 @@ from sccbgm.errors import SCCBGMError
 DATA = shared_data_dir()
 KANG = DATA / KANG_SUBSET_FILE
 HUMAN = DATA / "progeny_human_top500.csv"
-needs_data = pytest.mark.skipif(
-    not (KANG.is_file() and HUMAN.is_file()), reason=f"shared data absent: {DATA} lacks the Kang / PROGENy files"
-)
+needs_data = pytest.mark.shared_data(KANG_SUBSET_FILE, HUMAN.name)  # skip, or fail under CI (conftest)
 
 
 @pytest.fixture(scope="module")
-def kang_lognorm():
-    if not (KANG.is_file() and HUMAN.is_file()):
-        pytest.skip(f"shared data absent: {DATA}")
+def kang_lognorm(require_shared_data):
+    require_shared_data(KANG_SUBSET_FILE, HUMAN.name)
     import scanpy as sc
 
     a = ad.read_h5ad(KANG)
@@ -44,8 +41,7 @@ def test_jak_stat_is_higher_in_stimulated_kang_cells(kang_lognorm):
     x, y = js[stim], js[~stim]
     cohen_d = (x.mean() - y.mean()) / np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
     auroc = roc_auc_score(stim, js)
-    print(f"JAK-STAT ulm: stim mean {x.mean():.2f}, ctrl mean {y.mean():.2f}, Cohen's d {cohen_d:.2f}, AUROC {auroc:.3f}")
-    assert cohen_d > 2.0 and auroc > 0.95
+    assert cohen_d > 2.0 and auroc > 0.95, f"JAK-STAT ulm: Cohen's d {cohen_d:.2f}, AUROC {auroc:.3f}"
     for ct in kang_lognorm.obs["cell_type"].unique():  # the IFN response holds within every cell type
         m = (kang_lognorm.obs["cell_type"] == ct).to_numpy()
         assert js[m & stim].mean() > js[m & ~stim].mean()
@@ -181,20 +177,23 @@ def jak_stat_edit(kang_lognorm):
 
 @needs_data
 def test_jak_stat_edit_moves_interferon_genes_like_stimulation(jak_stat_edit):
-    """Tolerance: every ISG that real stimulation raises by > 0.5 (log1p units) goes up (sign
-    agreement 100%), by at least 10% of the real change on average; over the 100 genes that real
-    stimulation changes most, the predicted and real changes correlate with Pearson r >= 0.7."""
+    """Every ISG that real stimulation raises by > 0.5 (log1p units) goes up; over the 100 genes
+    that real stimulation changes most, the predicted and real changes correlate.
+
+    Measured over fit seeds 0-3 (30 epochs, half the default, to keep ``make test`` short; the
+    default 60 moves them further: seed 0 0.44 of the real change, r 0.91): 10 ISGs, raised by
+    0.32-0.43 of their real change on average and 0.19-0.37 for the least moved one; r 0.83-0.93;
+    setting JAK-STAT to the control level moves them by 0.013-0.021 of the raise. Bounds: 1.6x,
+    1.9x, 0.08 and 2.4x from the worst seed."""
     lfc, (high, low) = jak_stat_edit
     assert high > low + 0.3  # JAK-STAT concept: stimulated cells far above control cells
     isg = lfc.loc[[g for g in ISGS if g in lfc.index]]
     up = isg[isg["real"] > 0.5]
     assert len(up) >= 8
-    print(up.round(3))
-    assert (up["raise"] > 0).all()
-    assert (up["raise"] / up["real"]).mean() > 0.1
+    moved = up["raise"] / up["real"]
+    assert (moved > 0.1).all() and moved.mean() > 0.2, moved.round(3).to_dict()
     top = lfc.loc[lfc["real"].abs().sort_values(ascending=False).index[:100]]
     r = np.corrcoef(top["raise"], top["real"])[0, 1]
-    print(f"Pearson r of predicted vs real change over the top-100 genes: {r:.3f}")
-    assert r >= 0.7
+    assert r >= 0.75, f"Pearson r of predicted vs real change over the top-100 genes: {r:.3f}"
     # setting JAK-STAT to the control level barely moves them: the change comes from the concept
-    assert up["keep"].abs().mean() < 0.25 * up["raise"].mean()
+    assert up["keep"].abs().mean() < 0.05 * up["raise"].mean()

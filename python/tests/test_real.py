@@ -53,10 +53,8 @@ def test_scorer_matches_the_ratio_metrics():
 
 @pytest.fixture(scope="module")
 def kang_bench(tmp_path_factory):
-    """Kang prepared through --from, then the CLI on the CD14+Mono task (scCBGM, one seed).
-
-    lambda_cc = 5: with the cpu preset's 0.5 the stimulation leaks into the unknown factors u on
-    these cells and the edit only matches the mean-shift floor (README, "Real data")."""
+    """Kang prepared through --from, then the CLI on the CD14+Mono task (scCBGM, one seed, the
+    shipped defaults)."""
     if not KANG.is_file():
         pytest.skip(f"shared data absent: {KANG} not found")
     if str(SCRIPTS) not in sys.path:
@@ -68,8 +66,7 @@ def kang_bench(tmp_path_factory):
     from sccbgm.bench import main
 
     assert main(["real", "--data", str(data / "kang2018.h5ad"), "--tasks", str(data / "kang2018_tasks.json"),
-                 "--out", str(out), "--quick", "--models", "sccbgm", "--task", TASK,
-                 "--cross-cov-weight", "5"]) == 0
+                 "--out", str(out), "--quick", "--models", "sccbgm", "--task", TASK, "--peers", "none"]) == 0
     return data, out
 
 
@@ -96,7 +93,7 @@ def test_bench_real_table_has_floors_and_subtype_rows(kang_bench):
     src = ((a.obs["cell_type"] == "CD14+Mono") & (a.obs["condition"] == "ctrl")).to_numpy()
     tgt = ((a.obs["cell_type"] == "CD14+Mono") & (a.obs["condition"] == "stim")).to_numpy()
     assert whole.loc[real.NO_EDIT, "mean_dist"] == pytest.approx(np.linalg.norm(x[src].mean(0) - x[tgt].mean(0)), rel=1e-5)
-    assert np.isnan(whole.loc[real.NO_EDIT, "delta_r"])
+    assert np.isnan(whole.loc[real.NO_EDIT, "pearson_delta"])
     assert whole.loc[real.NO_EDIT, "rmmd"] > 1.0  # stimulation moves monocytes far from their controls
     subtype_rows = table[table["group"] != real.ALL_GROUPS]
     assert subtype_rows["knn_acc"].between(0, 1).all() and table.loc[table["group"] == real.ALL_GROUPS, "knn_acc"].isna().all()
@@ -108,10 +105,10 @@ def test_sccbgm_beats_both_floors_on_held_out_monocytes(kang_bench):
     whole = table[table["group"] == real.ALL_GROUPS].set_index("editor")
     floor_rmmd = whole.loc[[real.NO_EDIT, real.MEAN_SHIFT], "rmmd"].min()
     floor_dist = whole.loc[[real.NO_EDIT, real.MEAN_SHIFT], "mean_dist"].min()
-    print(whole[["rmmd", "rfid", "rsd", "mean_dist", "delta_r"]])
+    print(whole[["rmmd", "rfid", "rsd", "mean_dist", "pearson_delta"]])
     assert whole.loc["scCBGM", "rmmd"] < floor_rmmd
     assert whole.loc["scCBGM", "mean_dist"] < floor_dist
-    assert whole.loc["scCBGM", "delta_r"] > 0.8  # the predicted response correlates with the real one
+    assert whole.loc["scCBGM", "pearson_delta"] > 0.8  # the predicted response correlates with the real one
 
 
 def test_bench_real_rejects_unknown_tasks_and_models(kang_bench, tmp_path):
@@ -123,3 +120,36 @@ def test_bench_real_rejects_unknown_tasks_and_models(kang_bench, tmp_path):
         real.run_real(*args, models=["scgen"])
     with pytest.raises(SCCBGMError, match="no such file"):
         real.run_real(tmp_path / "absent.h5ad", data / "kang2018_tasks.json", tmp_path)
+
+
+def test_every_bench_output_is_scored_as_labelled(toy):
+    """"(decoder output)" / "(decode)" / "(edit)" rows are the paper's outputs (residual=False),
+    bare names the package's residual default: each row equals sccbgm.edit called as its label
+    says, and the decode row differs from the residual-preserving decode it once was."""
+    import sccbgm
+
+    train, source = toy[:600].copy(), toy[900:960].copy()
+    base = sccbgm.fit(train, ["stim"], seed=0, hidden_dim=32, epochs=3, progress=False)
+    flow = sccbgm.fit(train, ["stim"], model="sccbgm-fm", base=base, seed=0, flow_hidden_dim=32,
+                      flow_epochs=3, progress=False)
+    models = {"sccbgm": base, "sccbgm-fm": flow}
+    labels = ["scCBGM", "scCBGM (decoder output)", "scCBGM-FM (edit)", "scCBGM-FM (decode)"]
+    got = real.edit_all(models, source, {"stim": 1}, labels, seed=5)
+
+    def edit(model, **kw):
+        return np.asarray(sccbgm.edit(model, source, {"stim": 1}, **kw).X, dtype=np.float64)
+
+    want = {
+        "scCBGM": edit(base, residual=True),
+        "scCBGM (decoder output)": edit(base, residual=False),
+        "scCBGM-FM (edit)": edit(flow, mode="edit", residual=False),
+        "scCBGM-FM (decode)": edit(flow, mode="decode", seed=5, residual=False),
+    }
+    for label in labels:
+        np.testing.assert_array_equal(got[label], want[label], err_msg=label)
+    residual_decode = edit(flow, mode="decode", seed=5, residual=True)
+    assert np.abs(got["scCBGM-FM (decode)"] - residual_decode).mean() > 0.01
+    for label, (_, kw) in real.EDITORS.items():
+        assert "residual" in kw, label
+        paper_output = "decode" in label or "decoder" in label or "(edit)" in label
+        assert kw["residual"] is not paper_output, label

@@ -70,7 +70,9 @@ print.sccbgm_model <- function(x, ...) {
 #'
 #' Fits an scCBGM on the cells of a Seurat or SingleCellExperiment object. The concepts are
 #' cell metadata columns: a factor or character column gives one binary concept per category,
-#' a logical or 0/1 column one binary concept, any other numeric column one continuous concept;
+#' a logical or 0/1 column one binary concept, an integer column with at most 20 distinct values
+#' (cluster ids) one concept per value (with a warning), any other numeric column one continuous
+#' concept;
 #' `NA` marks a missing label (the cell still trains the rest of the model).
 #'
 #' The expression matrix (`layer`) holds raw counts (non-negative integers: library-size
@@ -94,6 +96,10 @@ print.sccbgm_model <- function(x, ...) {
 #'   same model on CPU. `NULL` draws one.
 #' @param preset `"cpu"` (default, small network) or `"paper"` (the paper's settings).
 #' @param epochs Number of training epochs; `NULL` uses the preset's.
+#' @param n_members Ensemble size K: `K > 1` trains K models (seeds `seed`, `seed + 1`, ...)
+#'   that share the input transform, and [sccbgm_edit()] then returns their mean edit with a
+#'   per-cell uncertainty (the `_edit_sd`, `_edit_lower`, `_edit_upper` assays). K times the
+#'   fit time.
 #' @param progress Show a progress bar (default: only in interactive sessions).
 #' @return An `sccbgm_model`: a list with `concepts` (metadata columns), `concept_names` (the
 #'   concept dimensions, e.g. `"stim=STIM"`), `genes`, and `py`, the Python model.
@@ -108,7 +114,7 @@ print.sccbgm_model <- function(x, ...) {
 #' }
 sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
-                       progress = interactive()) {
+                       n_members = 1L, progress = interactive()) {
   .check_object(object)
   .check_columns(object, concepts)
   .check_string(model, "model", null_ok = FALSE)
@@ -120,6 +126,11 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
     }
     options$epochs <- as.integer(epochs)
   }
+  if (!is.numeric(n_members) || length(n_members) != 1L || is.na(n_members) || n_members < 1 ||
+      n_members != round(n_members)) {
+    stop("`n_members` must be a positive whole number.", call. = FALSE)
+  }
+  options$n_members <- as.integer(n_members)
   spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay), concepts)
   bridge <- .bridge()
   py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
@@ -169,6 +180,14 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #' * **SingleCellExperiment**: assay `name` when the model's genes are the object's genes (in
 #'   order), otherwise an `altExp` `name` with a `logcounts` assay; `reducedDims` as above (with
 #'   the concept names as column names); `colData` columns `<name>_<column>`.
+#'
+#' An ensemble model (`sccbgm_fit(..., n_members = K)`, K > 1) returns the members' mean edit
+#' in `name` and its per-cell uncertainty as three more matrices (genes x cells, log-normalised
+#' units): `<name>_edit_sd` (sd over members of the predicted change), `<name>_edit_lower` and
+#' `<name>_edit_upper` (a 90\% interval of the edited expression; see the package's
+#' docs/uncertainty.md for its calibration). Seurat: assays of those names (`data` slot); SCE:
+#' assays of those names, or, when the edit went to an altExp, assays `edit_sd`, `edit_lower`,
+#' `edit_upper` of that altExp. How they were computed is in the record (`uncertainty_*`).
 #'
 #' The factual metadata columns and the input assays are left unchanged. With `cells`, the
 #' returned object holds the selected cells only.
@@ -222,6 +241,10 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   object <- .subset_cells(object, out_cells)
   m <- .matrix_from_spec(res$X, rownames = genes, colnames = out_cells)
   object <- .add_expression(object, name, m)
+  for (layer_name in names(res$uncertainty)) {
+    u <- .matrix_from_spec(res$uncertainty[[layer_name]], rownames = genes, colnames = out_cells)
+    object <- .add_expression(object, name, u, layer_name)
+  }
   object <- .add_embedding(object, paste0(name, "_concepts"),
                            .embedding_from_spec(res$concepts_edited, out_cells),
                            concept_names, "concepts", name)
@@ -236,6 +259,9 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   if (ncol(edited)) colnames(edited) <- paste0(name, "_", colnames(edited))
   object <- .add_meta(object, edited)
   record <- c(list(set = set, concept_names = concept_names, layer = layer), res$info)
+  if (length(res$uncertainty_info)) {
+    record <- c(record, stats::setNames(res$uncertainty_info, paste0("uncertainty_", names(res$uncertainty_info))))
+  }
   .add_record(object, name, record)
 }
 

@@ -211,19 +211,26 @@
   object
 }
 
-# Add the edited (genes x cells, log-normalised) matrix as assay `name`.
-.add_expression <- function(object, name, m) {
+# Add the edited (genes x cells, log-normalised) matrix as assay `name`; with `part` (e.g.
+# "edit_sd") a companion matrix of that edit: assay `<name>_<part>`, or assay `part` of the
+# altExp `name` when the edit went to an altExp (added after the edit itself).
+.add_expression <- function(object, name, m, part = NULL) {
+  assay_name <- if (is.null(part)) name else paste0(name, "_", part)
   if (.is_seurat(object)) {
     assay <- .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
-    SeuratObject::Key(assay) <- .assay_key(name)
-    object[[name]] <- assay
+    SeuratObject::Key(assay) <- .assay_key(assay_name)
+    object[[assay_name]] <- assay
     return(object)
   }
   if (identical(rownames(object), rownames(m))) {
-    SummarizedExperiment::assay(object, name, withDimnames = FALSE) <- m
-  } else {
+    SummarizedExperiment::assay(object, assay_name, withDimnames = FALSE) <- m
+  } else if (is.null(part)) {
     SingleCellExperiment::altExp(object, name) <-
       SingleCellExperiment::SingleCellExperiment(assays = list(logcounts = m))
+  } else {
+    alt <- SingleCellExperiment::altExp(object, name)
+    SummarizedExperiment::assay(alt, part, withDimnames = FALSE) <- m
+    SingleCellExperiment::altExp(object, name) <- alt
   }
   object
 }

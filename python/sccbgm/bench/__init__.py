@@ -2,8 +2,8 @@
 
 Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.suites`):
 
-* ``synthetic`` -- Table S5: every package model and the peers (biolord, CINEMA-OT, scGen, each in
-  its own environment) on the intervention tasks of C.6, next to the two trivial editors.
+* ``synthetic`` -- Table S5: every package model and the peers (biolord, CINEMA-OT, scGen, CPA,
+  CellFlow, each in its own environment) on the intervention tasks of C.6, next to the two trivial editors.
 * ``noise`` -- Fig. 3 / C.4: scCBGM vs CBGM with noisy concept annotations.
 * ``ablation`` -- Table S8 (CBM/CEM x skip x cross-cov/cosine) and D.8.3 (VAE vs AE).
 * ``concepts`` -- Table S6: error vs number of concepts.
@@ -11,7 +11,11 @@ Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.su
 * ``all`` -- the five above into DIR/<suite>, with the wall time of each.
 * ``overhead`` -- the training loop's cost against a bare torch loop on the same module.
 * ``metrics`` -- time and peak memory of MMD, Frechet and Sinkhorn at the paper's size.
-* ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`).
+* ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`),
+  every model, the peers and the field's metrics (R^2 of the mean, Pearson delta, DEG direction,
+  E-distance).
+* ``validate`` -- the defaults' validation (issue 12): Kang leave-one-type-out x seeds and two
+  simulator variants, fixed choose / confirm halves (:mod:`sccbgm.bench.validate`).
 * ``scale`` -- time and peak memory of fit and edit at 10k-1M cells and 20k-30k genes, next to
   scanpy + a bare torch loop (:mod:`sccbgm.bench.scale`; ``--quick`` for small sizes).
 
@@ -139,10 +143,10 @@ def _scale_options(p: argparse.ArgumentParser, default_out: str) -> None:
 
 
 def _peer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--peers", nargs="+", choices=["biolord", "cinemaot", "scgen", "none"],
-                   help="peers to run (default: all three; 'none' skips them)")
+    p.add_argument("--peers", nargs="+", choices=["biolord", "cinemaot", "scgen", "cpa", "cellflow", "none"],
+                   help="peers to run (default: all five; 'none' skips them)")
     p.add_argument("--peers-venv", help="peer environment folder (default $SCCBGM_PEERS_VENV or "
-                   "~/.cache/sccbgm/venv-peers; scGen uses <folder>-scgen)")
+                   "~/.cache/sccbgm/venv-peers; scGen, CPA, CellFlow use <folder>-scgen, -cpa, -cellflow)")
     p.add_argument("--no-install-peers", action="store_true",
                    help="do not create / fill the peer environments; peers missing one are reported as not run")
 
@@ -181,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     from sccbgm.bench.real import add_parser as add_real_parser
     from sccbgm.bench.scale import add_parser as add_scale_parser
 
-    add_real_parser(sub)
+    _peer_options(add_real_parser(sub))
+    from sccbgm.bench.validate import add_parser as add_validate_parser
+
+    add_validate_parser(sub)
     add_scale_parser(sub)
     args = parser.parse_args(argv)
     scale = getattr(args, "scale", None) or "quick"
@@ -203,7 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "real":
         from sccbgm.bench.real import main_real
 
-        main_real(args)
+        main_real(args, **_peer_kwargs(args))
+    elif args.command == "validate":
+        from sccbgm.bench.validate import main_validate
+
+        main_validate(args)
     elif args.command == "scale":
         from sccbgm.bench.scale import main_scale
 

@@ -7,14 +7,21 @@ every task and seed:
 1. trains every in-package model on the cells *not* matched by ``holdout`` with the concept
    columns of the tasks file (``X`` = log-normalised expression, so every output is in the
    space of the prepared file);
-2. edits the ``source`` cells with the concept values in ``set`` (scCBGM both ways: the
-   residual-preserving default and the decoder output; flow models in ``edit`` and ``decode``
-   mode);
-3. adds the two trivial editors every model must beat: *no edit*, and the *mean shift seen in the
+2. edits the ``source`` cells with the concept values in ``set``, each output scored as labelled
+   (:data:`EDITORS`): a bare model name is the package's default, residual-preserving output;
+   "(decoder output)" is the paper's decoder output (``residual=False``); flow models' "(edit)"
+   and "(decode)" are the paper's flow outputs in that mode (``residual=False``: the flow's own
+   prediction; in edit mode this equals the residual default up to the inversion round-trip
+   error, in decode mode it is the fresh-noise sample the paper scores);
+3. runs the peers (biolord, CINEMA-OT, scGen, CPA, CellFlow; :mod:`sccbgm.bench.peers`, each in
+   its own environment) on the same training cells and source cells: each is trained on the
+   training cells and predicts the ``set`` value of the one binary concept edited, with the
+   selector's shared column (e.g. ``cell_type``) as its cell-type covariate;
+4. adds the two trivial editors every model must beat: *no edit*, and the *mean shift seen in the
    other groups* (mean(target side) - mean(source side) of the training cells of every other
    group, averaged, clipped at 0; the group is the selector column source and target share,
    e.g. ``cell_type``);
-4. scores each editor against the real ``target`` cells, overall and per ``group_key`` value
+5. scores each editor against the real ``target`` cells, overall and per ``group_key`` value
    (e.g. Kang subtypes), in the space of ``n_eval_pcs`` principal components fitted on the
    training cells:
 
@@ -22,8 +29,15 @@ every task and seed:
      p_gamma the training populations of every combination of the (categorical / binary /
      few-valued) concept columns; MMD bandwidth and Sinkhorn epsilon from the target;
    * ``mean_dist``: ||mean(edited) - mean(target)||_2 over the log-normalised genes;
-   * ``delta_r``: Pearson correlation over genes of the predicted change mean(edited) -
-     mean(source) with the real one mean(target) - mean(source) (NaN for no edit);
+   * ``pearson_delta`` / ``pearson_delta_deg``: Pearson correlation over all genes / the top-k DEGs
+     of the predicted change mean(edited) - mean(source) with the real one mean(target) -
+     mean(source) (NaN for no edit; :func:`sccbgm.metrics.pearson_delta`);
+   * ``r2_mean`` / ``r2_mean_deg``: R^2 of mean(edited) vs mean(target) over all genes / the
+     top-k DEGs (CPA's metric, :func:`sccbgm.metrics.r2_mean`); ``deg_dir``: fraction of the
+     top-k DEGs whose predicted change has the real sign; the DEGs are the ``n_degs`` genes with
+     the largest |mean(target) - mean(source)| of the group (:func:`sccbgm.metrics.top_degs`);
+   * ``edist``: pertpy's energy distance between edited and target cells on the same PCs
+     (:func:`sccbgm.metrics.e_distance`);
    * ``knn_acc`` (D.11, per group only): fraction of edited cells whose subtype a 15-NN classifier
      fitted on the real target cells (e.g. the type's stimulated cells, labelled by subtype)
      predicts as their own.
@@ -49,30 +63,35 @@ from sccbgm.errors import SCCBGMError
 
 NO_EDIT, MEAN_SHIFT = "no edit", "mean shift (other types)"
 ALL_GROUPS = "(all)"
-METRICS = ("rmmd", "rfid", "rsd", "mean_dist", "delta_r", "knn_acc")
-LOWER_IS_BETTER = ("rmmd", "rfid", "rsd", "mean_dist")
+METRICS = ("rmmd", "rfid", "rsd", "mean_dist", "r2_mean", "r2_mean_deg", "pearson_delta", "pearson_delta_deg",
+           "deg_dir", "edist", "knn_acc")
+LOWER_IS_BETTER = ("rmmd", "rfid", "rsd", "mean_dist", "edist")
+N_DEGS = 20
+"""k of the top-k DEGs of the field metrics (CPA's Kang tutorial reports 20)."""
 
-# label -> (model key of sccbgm.fit, edit keyword arguments); flows and CVAE-FM reuse the fitted
-# scCBGM / CVAE of the same task and seed as their base.
+# label -> (model key of sccbgm.fit, edit keyword arguments, always with an explicit `residual`
+# so that a row is the output its label names); flows and CVAE-FM reuse the fitted scCBGM / CVAE
+# of the same task and seed as their base.
 EDITORS: dict[str, tuple[str, dict[str, Any]]] = {
     "scCBGM": ("sccbgm", {"residual": True}),
     "scCBGM (decoder output)": ("sccbgm", {"residual": False}),
-    "scCBGM-FM (edit)": ("sccbgm-fm", {"mode": "edit"}),
-    "scCBGM-FM (decode)": ("sccbgm-fm", {"mode": "decode"}),
-    "vanilla-FM (edit)": ("vanilla-fm", {"mode": "edit"}),
-    "vanilla-FM (decode)": ("vanilla-fm", {"mode": "decode"}),
-    "CVAE": ("cvae", {}),
-    "CVAE-FM (edit)": ("cvae-fm", {"mode": "edit"}),
-    "CVAE-FM (decode)": ("cvae-fm", {"mode": "decode"}),
-    "CBGM": ("cbgm", {}),
+    "scCBGM-FM (edit)": ("sccbgm-fm", {"mode": "edit", "residual": False}),
+    "scCBGM-FM (decode)": ("sccbgm-fm", {"mode": "decode", "residual": False}),
+    "vanilla-FM (edit)": ("vanilla-fm", {"mode": "edit", "residual": False}),
+    "vanilla-FM (decode)": ("vanilla-fm", {"mode": "decode", "residual": False}),
+    "CVAE": ("cvae", {"residual": True}),
+    "CVAE-FM (edit)": ("cvae-fm", {"mode": "edit", "residual": False}),
+    "CVAE-FM (decode)": ("cvae-fm", {"mode": "decode", "residual": False}),
+    "CBGM": ("cbgm", {"residual": True}),
 }
 MODEL_KEYS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 
 SCALES: dict[str, dict[str, Any]] = {
     # quick: one seed and short training (a smoke run of the whole protocol on 2 CPU cores);
     # default: the "cpu" preset, three seeds (the numbers in the README).
-    "quick": {"seeds": [0], "fit": {"epochs": 30}, "flow": {"flow_epochs": 40}},
-    "default": {"seeds": [0, 1, 2], "fit": {}, "flow": {}},
+    # peer_epochs: the peers' epochs (None: each one's own default / tutorial value).
+    "quick": {"seeds": [0], "fit": {"epochs": 30}, "flow": {"flow_epochs": 40}, "peer_epochs": 30},
+    "default": {"seeds": [0, 1, 2], "fit": {}, "flow": {}, "peer_epochs": None},
 }
 
 
@@ -131,6 +150,45 @@ class _Scorer:
             out[f"r{name}"] = num / den if den > 0 else float("nan")
             out[f"closest_{name}"] = closest
         return out
+
+
+class _PeerTask:
+    """A ``run_task`` split in the form :func:`sccbgm.bench.peers.run_peer` reads: training cells
+    without the source cells (``train``), the source cells (``intervene``, also training cells),
+    ``cell_type`` = the selector's shared group, the one binary concept edited."""
+
+    def __init__(self, train: Any, source: Any, x_train: np.ndarray, x_src: np.ndarray, concept: str, group: pd.Series,
+                 src_group: pd.Series, held_out: str, seed: int) -> None:
+        from types import SimpleNamespace
+
+        keep = ~train.obs_names.isin(source.obs_names)
+        self.train, self.intervene = train[keep].copy(), source.copy()
+        self.train.obs["cell_type"] = group.to_numpy()[keep]
+        self.intervene.obs["cell_type"] = src_group.to_numpy()
+        for a in (self.train, self.intervene):
+            a.obs[concept] = a.obs[concept].astype(float).round().astype(int)
+        self.x_train, self.x_intervene = x_train[keep], x_src
+        self.concepts = [concept]
+        self.task = SimpleNamespace(concept=concept, cell_type=held_out)
+        self.seed = seed
+
+
+def _peer_task(train: Any, source: Any, x_train: np.ndarray, x_src: np.ndarray, task: Mapping[str, Any],
+               seed: int) -> tuple[_PeerTask | None, str]:
+    """(peer split, "") or (None, why the peers cannot run this task)."""
+    set_ = dict(task["set"])
+    shared, _, _ = _selector_parts(task)
+    if len(set_) != 1 or not shared:
+        return None, "peers need one edited concept and a shared group (e.g. cell_type) in the selectors"
+    concept, value = next(iter(set_.items()))
+    values = set(pd.unique(train.obs[concept].dropna()))
+    if not values <= {0, 1} or value != 1 or set(pd.unique(source.obs[concept])) != {0}:
+        return None, f"peers edit a binary concept 0 -> 1; {concept}={value} from {sorted(values)[:5]} is not one"
+    cols = list(shared)
+    group = train.obs[cols].astype(str).agg("|".join, axis=1)
+    src_group = source.obs[cols].astype(str).agg("|".join, axis=1)
+    held_out = "|".join(str(shared[c]) for c in cols)
+    return _PeerTask(train, source, x_train, x_src, concept, group, src_group, held_out, seed), ""
 
 
 def _fit_kwargs(key: str, fit: Mapping[str, Any], flow: Mapping[str, Any], base: Any) -> dict[str, Any]:
@@ -204,10 +262,16 @@ def run_task(
     preset: str = "cpu",
     n_eval_pcs: int = 50,
     knn_k: int = 15,
+    n_degs: int = N_DEGS,
+    peers: Sequence[str] = (),
+    peers_venv: str | Path | None = None,
+    install_peers: bool = True,
+    peer_epochs: int | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """One task at one seed: returns ``{"table": DataFrame, "predictions", "source", "target",
-    "train_pcs", "pca", "models"}`` (see the module docstring for the protocol and columns)."""
+    "train_pcs", "pca", "models", "peer_status"}`` (see the module docstring for the protocol
+    and columns); ``peer_status`` maps each peer's label to what it did or why it did not run."""
     from sccbgm import metrics as M
     from sccbgm.datasets import select_cells
 
@@ -250,6 +314,24 @@ def run_task(
     fitted, seconds = fit_models(train, concepts, keys, seed=seed, fit=fit or {}, flow=flow or {},
                                  preset=preset, log=log)
     preds.update(edit_all(fitted, source, task["set"], [e for e in editors if EDITORS[e][0] in models], seed))
+    peer_status: dict[str, str] = {}
+    if peers:
+        from sccbgm.bench import peers as peer_mod
+
+        ptask, why = _peer_task(train, source, x_train, x_src, task, seed)
+        for peer in peers:
+            label = peer_mod.LABELS[peer]
+            if ptask is None:
+                peer_status[label] = f"not run: {why}"
+                continue
+            res = peer_mod.run_peer(peer, ptask, root=peers_venv, epochs=peer_epochs, install=install_peers,
+                                    intervene_in_train=True, log=log)
+            peer_status[label] = res.status
+            if res.prediction is None:
+                log(f"    {label}: not run ({res.status})")
+                continue
+            preds[label] = res.prediction
+            seconds[label] = res.seconds
 
     pca = M.pca_features(x_train, n_components=min(n_eval_pcs, x_train.shape[0] - 1, x_train.shape[1]), seed=seed)
     train_pcs = pca.transform(x_train)
@@ -273,25 +355,30 @@ def run_task(
         if s_in.sum() < 2 or t_in.sum() < 2:
             continue
         scorer = _Scorer(tgt_pcs[t_in], references, seed)
-        tgt_mean, src_mean = x_tgt[t_in].mean(0), x_src[s_in].mean(0)
-        real_delta = tgt_mean - src_mean
+        tgt_mean = x_tgt[t_in].mean(0)
+        x_s, x_t = x_src[s_in], x_tgt[t_in]
+        degs = M.top_degs(x_s, x_t, n_degs)
         for label, x in preds.items():
             edited_mean = x[s_in].mean(0)
-            pred_delta = edited_mean - src_mean
             row = {"task": task["name"], "group": g, "editor": label, "seed": seed,
                    "n_source": int(s_in.sum()), "n_target": int(t_in.sum())}
             row.update(scorer.ratios(pred_pcs[label][s_in]))
             row["mean_dist"] = float(np.linalg.norm(edited_mean - tgt_mean))
-            row["delta_r"] = (float(np.corrcoef(pred_delta, real_delta)[0, 1])
-                              if np.std(pred_delta) > 0 else float("nan"))
+            row["r2_mean"] = M.r2_mean(x[s_in], x_t)
+            row["r2_mean_deg"] = M.r2_mean(x[s_in], x_t, genes=degs)
+            row["pearson_delta"] = M.pearson_delta(x[s_in], x_t, x_s)
+            row["pearson_delta_deg"] = M.pearson_delta(x[s_in], x_t, x_s, genes=degs)
+            row["deg_dir"] = M.deg_direction_accuracy(x[s_in], x_t, x_s, genes=degs)
+            row["edist"] = M.e_distance(pred_pcs[label][s_in], tgt_pcs[t_in])
             row["knn_acc"] = (M.knn_subtype_accuracy(pred_pcs[label][s_in], knn[0], knn[1], knn[2][s_in], k=knn_k)
                               if knn is not None and g != ALL_GROUPS else float("nan"))
-            key = EDITORS.get(label, (None,))[0]
-            row["fit_seconds"] = seconds.get(key, 0.0) if key else 0.0
+            key = EDITORS.get(label, (label,))[0]
+            row["fit_seconds"] = seconds.get(key, 0.0)
             row["trivial"] = label in (NO_EDIT, MEAN_SHIFT)
+            row["peer"] = label in peer_status
             rows.append(row)
     return {"table": pd.DataFrame(rows), "predictions": preds, "source": x_src, "target": x_tgt,
-            "train_pcs": train_pcs, "pca": pca, "models": fitted}
+            "train_pcs": train_pcs, "pca": pca, "models": fitted, "peer_status": peer_status}
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
@@ -303,7 +390,17 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
     return level.groupby(["task", "editor", "seed"], sort=False)[cols].mean().reset_index()
 
 
-def write_report(table: pd.DataFrame, out: Path, *, title: str, notes: Sequence[str] = (), last: Mapping[str, Any] | None = None) -> Path:
+PEER_NOTES = {
+    "CellFlow": "population prediction: CellFlow transports the control population (OT flow), so its "
+                "cells are a sample of the predicted population, not per-cell counterfactuals; scored "
+                "as the population it produces (the per-cell kNN subtype accuracy is not meaningful)",
+    "CINEMA-OT": "counterfactual = the OT match among the stimulated cells of the training data",
+    "CPA": "Gaussian loss on log-normalised values (its Kang tutorial: NB on counts)",
+}
+
+
+def write_report(table: pd.DataFrame, out: Path, *, title: str, notes: Sequence[str] = (),
+                 last: Mapping[str, Any] | None = None, peer_status: Mapping[str, Sequence[str]] | None = None) -> Path:
     """``report.md`` + ``summary.csv`` + PNGs for a results table of :func:`run_task` rows."""
     from sccbgm.bench import report
 
@@ -318,6 +415,16 @@ def write_report(table: pd.DataFrame, out: Path, *, title: str, notes: Sequence[
         for metric in ("rmmd", "mean_dist"):
             means = dict(zip(mean["editor"], mean[metric], strict=True))
             lines.append(f"- {report.floor_statement(means, models, metric=metric)}")
+        lines.append("")
+    if peer_status:
+        lines += ["## Peers", ""]
+        for label, statuses in peer_status.items():
+            ran = [st for st in statuses if st.startswith("ran")]
+            state = f"ran on {len(ran)}/{len(statuses)} task-seeds" if ran else "did not run"
+            why = "" if len(ran) == len(statuses) else f" ({next(st for st in statuses if not st.startswith('ran'))})"
+            extra = f"; {PEER_NOTES[label]}" if label in PEER_NOTES and ran else ""
+            detail = f" [{ran[0][len('ran: '):]}]" if ran else ""
+            lines.append(f"- **{label}**: {state}{why}{detail}{extra}.")
         lines.append("")
     report.plot_errors(per_seed, out / "ratios.png", metrics=("rmmd", "rfid", "rsd"))
     lines += ["![ratio metrics, mean over tasks](ratios.png)", ""]
@@ -344,11 +451,18 @@ def run_real(
     flow: Mapping[str, Any] | None = None,
     preset: str = "cpu",
     n_eval_pcs: int = 50,
+    peers: Sequence[str] | None = None,
+    peers_venv: str | Path | None = None,
+    install_peers: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Run the benchmark on a prepared ``data`` h5ad and its ``tasks`` JSON; returns report.md."""
+    """Run the benchmark on a prepared ``data`` h5ad and its ``tasks`` JSON; returns report.md.
+
+    ``peers``: among :data:`sccbgm.bench.peers.PEERS` (None: all; ``[]``: none), each in its own
+    environment under ``peers_venv``, built on first use unless ``install_peers`` is False."""
     import anndata as ad
 
+    from sccbgm.bench.peers import PEERS
     from sccbgm.datasets import load_tasks, validate_tasks
 
     if scale not in SCALES:
@@ -374,13 +488,22 @@ def run_real(
     fit_opts = {**cfg["fit"], **(fit or {})}
     flow_opts = {**cfg["flow"], **(flow or {})}
     out.mkdir(parents=True, exist_ok=True)
+    peer_names = list(PEERS if peers is None else peers)
+    bad = [p for p in peer_names if p not in PEERS]
+    if bad:
+        raise SCCBGMError(f"unknown peer(s) {bad}; available: {list(PEERS)}.")
     frames, last = [], None
+    peer_status: dict[str, list[str]] = {}
     for task in chosen:
         for seed in seeds if seeds is not None else cfg["seeds"]:
             log(f"{task['name']}: seed {seed}")
             res = run_task(adata, spec, task, seed=seed, models=models, editors=editors, fit=fit_opts,
-                           flow=flow_opts, preset=preset, n_eval_pcs=n_eval_pcs, log=log)
+                           flow=flow_opts, preset=preset, n_eval_pcs=n_eval_pcs, peers=peer_names,
+                           peers_venv=peers_venv, install_peers=install_peers, peer_epochs=cfg["peer_epochs"],
+                           log=log)
             frames.append(res["table"])
+            for label, status in res["peer_status"].items():
+                peer_status.setdefault(label, []).append(status)
             last = {**res, "task": task["name"]}
     table = pd.concat(frames, ignore_index=True)
     table.to_csv(out / "results.csv", index=False)
@@ -392,13 +515,22 @@ def run_real(
         f"held-out target cells on {n_eval_pcs} PCs of the training cells. rMMD / rFID / rSD < 1: closer "
         "to the target than the closest training population. Rows are means (± s.e.m. over seeds) "
         "of the per-group (subtype) values. The first two editors are the floors every model must beat.",
+        f"Field metrics on the log-normalised genes: R^2 of the mean (`r2_mean`, all genes; `r2_mean_deg`, top "
+        f"{N_DEGS} DEGs = largest |mean(target) - mean(source)|), Pearson correlation of the predicted and real "
+        "change from the source cells (`pearson_delta`, `pearson_delta_deg`), fraction of the top DEGs moved in the "
+        "right direction (`deg_dir`), and pertpy's energy distance on the PCs (`edist`, lower is better).",
+        "Peers: " + (", ".join(peer_names) if peer_names else "none (`--peers none`)") + "; epochs "
+        + (f"{cfg['peer_epochs']} (shortened; CellFlow {cfg['peer_epochs']} x 20 iterations at 1/8 of its "
+              "tutorial's widths, batches of 256)"
+           if cfg["peer_epochs"] else "each peer's own default / tutorial value") + ".",
     ]
-    path = write_report(table, out, title=f"sccbgm real-data benchmark: {spec['dataset']}", notes=notes, last=last)
+    path = write_report(table, out, title=f"sccbgm real-data benchmark: {spec['dataset']}", notes=notes, last=last,
+                        peer_status=peer_status)
     log(f"wrote {path}")
     return path
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any) -> Any:
     """The ``real`` sub-command of ``sccbgm bench``."""
     p = sub.add_parser("real", help="held-out tasks on prepared real data (Tables 1/2) vs trivial editors")
     p.add_argument("--data", required=True, help="prepared h5ad (data_scripts/prepare_*.py)")
@@ -414,10 +546,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--concept-weight", type=float, help="lambda_c of scCBGM / CBGM")
     p.add_argument("--cross-cov-weight", type=float, help="lambda_cc of scCBGM / CBGM (orthogonality loss)")
     p.add_argument("--eval-pcs", type=int, default=50, help="principal components of the metrics (default 50)")
+    return p
 
 
-def main_real(args: Any) -> Path:
-    """Run ``sccbgm bench real`` from parsed arguments."""
+def main_real(args: Any, **peer_kwargs: Any) -> Path:
+    """Run ``sccbgm bench real`` from parsed arguments (``peer_kwargs``: peers, peers_venv,
+    install_peers)."""
     fit: dict[str, Any] = {}
     if args.epochs is not None:
         fit["epochs"] = args.epochs
@@ -429,4 +563,4 @@ def main_real(args: Any) -> Path:
     models = args.models
     return run_real(args.data, args.tasks, args.out, scale=args.scale or "default", seeds=args.seeds,
                     task_names=args.task_names, models=models, fit=fit, flow=flow, preset=args.preset,
-                    n_eval_pcs=args.eval_pcs)
+                    n_eval_pcs=args.eval_pcs, **peer_kwargs)

@@ -8,7 +8,8 @@ d_k the width of the known-factor vector the decoder sees (K, or K * m for a CEM
   concepts, identity for continuous ones. Unknown head f_u(z) -> u = ReLU(.) (B, d_u).
 * decoder D with concept skip connections (Eq. 5): h_1 = D_1([u, c]),
   h_l = h_{l-1} + D_l([LN(h_{l-1}), c]) for l = 2..L, x_hat = D_final(h_L).
-* loss (Eq. 6-9): MSE reconstruction + concept_weight * L_concept (Eq. 7, masked, normalised by
+* loss (Eq. 6-9): MSE reconstruction (``reconstruction="mean"``: mean over the D input features;
+  ``"sum"``: summed over them, the scale on which the KL, a sum over d_z, is written) + concept_weight * L_concept (Eq. 7, masked, normalised by
   the number of observed labels) + kl_weight * KL(q(z|x) || N(0, I)) + cross_cov_weight *
   ||Cov(c_hat, u)||_F^2 (Eq. 8, over the minibatch).
 
@@ -70,8 +71,11 @@ class SCCBGMConfig:
     variational: bool = True
     bottleneck: Literal["cbm", "cem"] = "cbm"
     concept_embedding_dim: int | None = None
+    reconstruction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
+        if self.reconstruction not in ("mean", "sum"):
+            raise SCCBGMError(f"reconstruction must be 'mean' or 'sum', not {self.reconstruction!r}.")
         if self.bottleneck not in ("cbm", "cem"):
             raise SCCBGMError(f"bottleneck must be 'cbm' or 'cem', not {self.bottleneck!r}.")
         if self.orthogonality not in ("cross_cov", "cosine", "none"):
@@ -159,6 +163,20 @@ class SkipDecoder(nn.Module):
         return self.final(self.out_norm(h))
 
 
+def estimate_unknown_shift(u: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leakage of the concepts into u: B_u (K, d_u) of the least-squares fit u ~ 1 + c over
+    cells, from u (N, d_u) and labels ``values``/``mask`` (N, K) (missing labels imputed with the
+    observed mean, so they carry no signal). Minimum-norm solution, so one-hot blocks (collinear
+    with the intercept) get identified differences."""
+    v = values.double()
+    m = mask.bool()
+    col_mean = torch.where(m.any(0), (v * m).sum(0) / m.sum(0).clamp(min=1), torch.zeros_like(v[0]))
+    v = torch.where(m, v, col_mean)
+    v = v - v.mean(0)
+    uc = u.double() - u.double().mean(0)
+    return torch.linalg.lstsq(v, uc, driver="gelsd").solution.float()
+
+
 class ConceptBottleneckVAE(nn.Module):
     """scCBGM module: ``forward(batch)`` returns the loss terms (training); :meth:`abduct` and
     :meth:`decode` implement editing."""
@@ -170,6 +188,9 @@ class ConceptBottleneckVAE(nn.Module):
         if len(cfg.is_binary) != cfg.n_concepts:
             raise ValueError("is_binary must have one entry per concept")
         self.register_buffer("is_binary", torch.tensor(cfg.is_binary, dtype=torch.bool))
+        # B_u (K, d_u): least-squares change of u per unit of each concept over the training cells
+        # (set after training by :func:`estimate_unknown_shift`; 0 = no leakage of c into u)
+        self.register_buffer("unknown_shift", torch.zeros(cfg.n_concepts, cfg.unknown_dim))
         self.encoder = ResidualMLP(cfg.in_dim, cfg.hidden_dim, cfg.n_layers, cfg.dropout)
         self.mu_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
         self.logvar_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim) if cfg.variational else None
@@ -266,7 +287,10 @@ class ConceptBottleneckVAE(nn.Module):
         bn = self.bottleneck(z)
         known = self.known_factors(bn["concepts"], bn.get("concept_embeddings"))
         x_hat = self.decoder(bn["unknown"], known)
-        terms["reconstruction"] = F.mse_loss(x_hat, x)
+        if cfg.reconstruction == "sum":
+            terms["reconstruction"] = ((x_hat - x) ** 2).sum(1).mean()
+        else:
+            terms["reconstruction"] = F.mse_loss(x_hat, x)
         terms["concept"] = masked_concept_loss(
             bn["logits"], bn["concepts"], batch["concepts"], batch["mask"], self.is_binary
         )

@@ -2,7 +2,8 @@
 
     PYTHONPATH=python python python/tests/golden/make_golden.py
 
-writes ``python/tests/golden/model_v<FORMAT_VERSION>.sccbgm`` (a tiny scCBGM, a few KB) and
+writes ``python/tests/golden/model_v<FORMAT_VERSION>.sccbgm`` (a tiny scCBGM, a few KB; from v2,
+the version that added ensembles, an ensemble of 2, since a single model is still written as v1) and
 ``model_v<FORMAT_VERSION>.expected.npy`` (its residual edit of the first 8 golden cells to
 stim=STIM). ``test_model_files.py`` loads every ``model_v*.sccbgm`` here and checks that it still
 loads, encodes and edits, and gives the same edit. Run it once per new format version; never
@@ -46,7 +47,8 @@ def golden_data() -> ad.AnnData:
 def golden_edit(model, adata: ad.AnnData) -> np.ndarray:
     import sccbgm
 
-    return sccbgm.edit(model, adata[:EXPECTED_CELLS], {"stim": "STIM"}).X
+    # the additive residual edit the golden files were made with (the default edit changed later)
+    return sccbgm.edit(model, adata[:EXPECTED_CELLS], {"stim": "STIM"}, count_edit=None, shift_unknown=False).X
 
 
 def main() -> None:
@@ -56,7 +58,7 @@ def main() -> None:
     adata = golden_data()
     model = sccbgm.fit(adata, ["stim", "cell_type"], seed=0, epochs=40, hidden_dim=16, n_layers=1,
                        latent_dim=4, unknown_dim=4, n_pcs=6, batch_size=64, progress=False,
-                       num_threads=1)
+                       num_threads=1, n_members=1 if FORMAT_VERSION == 1 else 2)
     path = HERE / f"model_v{FORMAT_VERSION}.sccbgm"
     sccbgm.save(model, path)
     np.save(HERE / f"model_v{FORMAT_VERSION}.expected.npy", golden_edit(sccbgm.load(path), adata))

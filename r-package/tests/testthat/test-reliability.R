@@ -126,3 +126,18 @@ test_that("inputs that would exhaust memory are refused with an R error, the ses
   expect_match(conditionMessage(err), "option kl_weight must be a finite number")
   expect_true(sccbgm_available())
 })
+
+test_that("a 30,000-gene object fits and edits from R without ending the session", {
+  skip_if_no_sccbgm()
+  set.seed(3)
+  n <- 80
+  g <- 30000
+  counts <- Matrix::rsparsematrix(g, n, density = 0.03, rand.x = function(k) rpois(k, 2) + 1)
+  dimnames(counts) <- list(paste0("g", seq_len(g)), paste0("c", seq_len(n)))
+  sce <- SingleCellExperiment::SingleCellExperiment(list(counts = counts))
+  sce$stim <- factor(rep(c("ctrl", "STIM"), length.out = n))
+  model <- fit_small(sce, "stim")
+  edited <- sccbgm_edit(sce, model, set = list(stim = "STIM"), cells = 1:10)
+  expect_identical(dim(SummarizedExperiment::assay(edited, "sccbgm")), c(30000L, 10L))
+  expect_true(all(is.finite(as.matrix(SummarizedExperiment::assay(edited, "sccbgm")))))
+})

@@ -1,0 +1,54 @@
+"""Helpers the tools share: log-normalised expression and figure saving."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from sccbgm.errors import SCCBGMError
+
+
+def lognormalised(adata: Any, layer: str | None = None) -> tuple[np.ndarray, str]:
+    """Dense log-normalised expression (n_cells, G) float64 and the input kind.
+
+    Integer counts are library-size normalised to the median total of the given cells and
+    log1p-transformed (as :class:`sccbgm.data.InputTransform` does); other non-negative values are
+    taken as already log-normalised.
+    """
+    from sccbgm.data import check_values, dense_rows, get_matrix
+
+    matrix = get_matrix(adata, layer)
+    is_counts = check_values(matrix)
+    x = dense_rows(matrix, slice(None))
+    if not is_counts:
+        return x, "lognorm"
+    totals = x.sum(axis=1, keepdims=True)
+    if (totals == 0).any():
+        raise SCCBGMError(
+            f"{int((totals == 0).sum())} cells have zero total counts; filter them out first "
+            "(e.g. sc.pp.filter_cells(adata, min_counts=1))."
+        )
+    return np.log1p(x / totals * float(np.median(totals))), "counts"
+
+
+def check_columns(adata: Any, columns: list[str], what: str) -> None:
+    missing = [c for c in columns if c not in adata.obs.columns]
+    if missing:
+        raise SCCBGMError(f"{what} column(s) {missing} not found in adata.obs; columns: {list(adata.obs.columns)}.")
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str] | None) -> Any:
+    """Save ``fig`` (a ``matplotlib.figure.Figure``, no pyplot state) to ``path`` when given; return it."""
+    if path is not None:
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def say(progress: bool | None, message: str) -> None:
+    """Progress line to stderr (``progress`` None: only on an interactive terminal)."""
+    import sys
+
+    if progress or (progress is None and sys.stderr.isatty()):
+        print(message, file=sys.stderr, flush=True)

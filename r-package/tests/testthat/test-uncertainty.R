@@ -1,0 +1,67 @@
+# Ensembles: the per-cell uncertainty of an edit comes back as assays on Seurat and SCE objects.
+
+ensemble_of <- function(object, concepts) {
+  fit_small(object, concepts, n_members = 3)
+}
+
+test_that("an ensemble's edit adds edit_sd / edit_lower / edit_upper assays to an SCE", {
+  skip_if_no_sccbgm()
+  sce <- tiny_sce()
+  model <- ensemble_of(sce, c("stim", "flag"))
+  expect_output(print(model), "ensemble of 3")
+  edited <- sccbgm_edit(sce, model, set = list(stim = "STIM"))
+  expect_identical(SummarizedExperiment::assayNames(edited),
+                   c("counts", "sccbgm", "sccbgm_edit_sd", "sccbgm_edit_lower", "sccbgm_edit_upper"))
+  x <- SummarizedExperiment::assay(edited, "sccbgm")
+  sd <- SummarizedExperiment::assay(edited, "sccbgm_edit_sd")
+  lower <- SummarizedExperiment::assay(edited, "sccbgm_edit_lower")
+  upper <- SummarizedExperiment::assay(edited, "sccbgm_edit_upper")
+  expect_true(is.matrix(sd) && is.double(sd))
+  expect_identical(dimnames(sd), dimnames(sce))
+  expect_true(all(sd >= 0) && mean(sd) > 0)
+  expect_true(all(lower <= x + 1e-6) && all(x <= upper + 1e-6))
+  record <- S4Vectors::metadata(edited)$sccbgm
+  expect_identical(record$n_members, 3L)
+  expect_equal(record$uncertainty_level, 0.9)
+  # the interval is mean -/+ z * scale * sd where it is not clipped at 0
+  wide <- lower > 0
+  expect_equal((upper - lower)[wide], (2 * record$uncertainty_z * record$uncertainty_scale * sd)[wide],
+               tolerance = 1e-5)
+  # same numbers as the Python edit
+  py_edit <- bridge()$edit(model$py, sccbgm:::.engine_spec(sce, NULL, "counts", model$concepts),
+                           sccbgm:::.set_spec(list(stim = "STIM"), ncol(sce)))
+  py_sd <- sccbgm:::.matrix_from_spec(sccbgm:::.r(py_edit)$uncertainty$edit_sd)
+  expect_equal(unname(sd), unname(py_sd), tolerance = 1e-6)
+  # a single model adds none of them
+  single <- sccbgm_edit(sce, sce_model(), set = list(stim = "STIM"))
+  expect_false(any(grepl("edit_sd", SummarizedExperiment::assayNames(single))))
+})
+
+test_that("an ensemble's uncertainty goes to the altExp with the edit, and to Seurat assays", {
+  skip_if_no_sccbgm()
+  sce <- tiny_sce()
+  model <- ensemble_of(sce[1:40, ], c("stim", "flag"))
+  edited <- sccbgm_edit(sce, model, set = list(flag = 1), cells = 1:25)
+  alt <- SingleCellExperiment::altExp(edited, "sccbgm")
+  expect_identical(SummarizedExperiment::assayNames(alt),
+                   c("logcounts", "edit_sd", "edit_lower", "edit_upper"))
+  expect_identical(dim(SummarizedExperiment::assay(alt, "edit_sd")), c(40L, 25L))
+
+  obj <- tiny_seurat()
+  smodel <- ensemble_of(obj, c("stim", "flag"))
+  sedited <- sccbgm_edit(obj, smodel, set = list(stim = "STIM"), name = "cf")
+  expect_true(all(c("cf", "cf_edit_sd", "cf_edit_lower", "cf_edit_upper") %in% SeuratObject::Assays(sedited)))
+  sd <- as.matrix(layer_data(sedited, "data", "cf_edit_sd"))
+  expect_identical(dim(sd), dim(obj))
+  expect_true(mean(sd) > 0)
+  x <- as.matrix(layer_data(sedited, "data", "cf"))
+  upper <- as.matrix(layer_data(sedited, "data", "cf_edit_upper"))
+  expect_true(all(x <= upper + 1e-6))
+  expect_identical(SeuratObject::Misc(sedited, "cf")$n_members, 3L)
+})
+
+test_that("n_members must be a positive whole number", {
+  skip_if_no_sccbgm()
+  expect_error(fit_small(tiny_sce(), "stim", n_members = 0), "n_members")
+  expect_error(fit_small(tiny_sce(), "stim", n_members = 1.5), "n_members")
+})
