@@ -75,7 +75,7 @@ def fit(
     model: str = "sccbgm",
     base: Model | None = None,
     seed: int | None = None,
-    n_members: int = 1,
+    n_members: int | None = None,
     layer: str | None = None,
     preset: str = "cpu",
     representation: str = "pca",
@@ -114,7 +114,9 @@ def fit(
         Seeds weight initialisation and minibatch order; the same seed gives the same model on CPU.
         Ensemble member m (1..K) uses ``seed + m - 1``.
     n_members
-        Ensemble size K. K > 1 trains K members that share the input transform and concepts and
+        Ensemble size K; None: the preset's (``"cpu"``: 2 for ``model="sccbgm"``, chosen by
+        ``sccbgm bench validate`` (docs/validation.md), 1 for every other model; ``"paper"``: 1).
+        K > 1 trains K members that share the input transform and concepts and
         differ in their seed; :func:`edit` then returns their mean edit and per-cell uncertainty
         (``docs/uncertainty.md``). Costs K times the fit time. ``"sccbgm-fm"``: each member is its
         own scCBGM + flow (with ``base``: member m's flow conditions on the base's member m, or
@@ -193,6 +195,9 @@ def fit(
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
         raise SCCBGMError(f"need at least 10 training cells, got {adata.n_obs}.")
+    cfg = get_preset(preset)
+    if n_members is None:
+        n_members = int(cfg.get("n_members", {}).get(model, 1)) if base is None else base.n_members
     if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 1:
         raise SCCBGMError(f"n_members must be a positive integer, not {n_members!r}.")
     if base is not None and base.n_members not in (1, n_members):
@@ -200,7 +205,6 @@ def fit(
             f"`base` is an ensemble of {base.n_members} members; fit the flow with n_members="
             f"{base.n_members} (one flow per base member) or pass a single base model."
         )
-    cfg = get_preset(preset)
     cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
     cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
     cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in _FLOW_MODULE_OPTIONS})

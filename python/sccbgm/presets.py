@@ -49,6 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"epochs": 60, "batch_size": 128, "lr": 1e-3, "lr_decay": 0.98},
         "n_pcs": 64,
+        # ensemble size per model family when fit(n_members=None): 2 scCBGMs (docs/validation.md)
+        "n_members": {"sccbgm": 2},
         "flow": {
             "module": {"hidden_dim": 256, "n_layers": 3, "dropout": 0.1, "time_dim": 64},
             "train": {"epochs": 100, "batch_size": 128, "lr": 1e-3, "lr_decay": 0.98},

@@ -96,7 +96,8 @@ print.sccbgm_model <- function(x, ...) {
 #'   same model on CPU. `NULL` draws one.
 #' @param preset `"cpu"` (default, small network) or `"paper"` (the paper's settings).
 #' @param epochs Number of training epochs; `NULL` uses the preset's.
-#' @param n_members Ensemble size K: `K > 1` trains K models (seeds `seed`, `seed + 1`, ...)
+#' @param n_members Ensemble size K; `NULL` uses the preset's (`"cpu"`: 2 for `model = "sccbgm"`,
+#'   1 otherwise). `K > 1` trains K models (seeds `seed`, `seed + 1`, ...)
 #'   that share the input transform, and [sccbgm_edit()] then returns their mean edit with a
 #'   per-cell uncertainty (the `_edit_sd`, `_edit_lower`, `_edit_upper` assays). K times the
 #'   fit time.
@@ -114,7 +115,7 @@ print.sccbgm_model <- function(x, ...) {
 #' }
 sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
-                       n_members = 1L, progress = interactive()) {
+                       n_members = NULL, progress = interactive()) {
   .check_object(object)
   .check_columns(object, concepts)
   .check_string(model, "model", null_ok = FALSE)
@@ -126,11 +127,13 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
     }
     options$epochs <- as.integer(epochs)
   }
-  if (!is.numeric(n_members) || length(n_members) != 1L || is.na(n_members) || n_members < 1 ||
-      n_members != round(n_members)) {
-    stop("`n_members` must be a positive whole number.", call. = FALSE)
+  if (!is.null(n_members)) {
+    if (!is.numeric(n_members) || length(n_members) != 1L || is.na(n_members) || n_members < 1 ||
+        n_members != round(n_members)) {
+      stop("`n_members` must be a positive whole number or NULL.", call. = FALSE)
+    }
+    options$n_members <- as.integer(n_members)
   }
-  options$n_members <- as.integer(n_members)
   spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay), concepts)
   bridge <- .bridge()
   py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
