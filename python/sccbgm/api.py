@@ -86,6 +86,7 @@ def fit(
     device: str = "auto",
     num_threads: int | None = None,
     progress: bool | None = None,
+    distributed: bool | None = None,
     **options: Any,
 ) -> Model:
     """Fit a model on ``adata`` with ``concepts`` (obs column names).
@@ -141,6 +142,12 @@ def fit(
         torch CPU threads while fitting (None: env ``SCCBGM_NUM_THREADS`` or torch's default).
     progress
         Show a progress bar (None: only on an interactive terminal).
+    distributed
+        Train on several processes with torch DistributedDataParallel (docs/distributed.md).
+        None (default): when launched by ``torchrun`` (``WORLD_SIZE`` > 1) or inside an
+        initialised torch.distributed process group; False: never; True: required. Every rank
+        calls ``fit`` with the same arguments and data and gets the same model; ``batch_size``
+        is the global minibatch (a multiple of the number of processes).
     **options
         Module options (``hidden_dim``, ``n_layers``, ``latent_dim``, ``unknown_dim``, ``dropout``,
         ``concept_weight`` lambda_c, ``cross_cov_weight`` lambda_cc (weight of whichever
@@ -213,6 +220,10 @@ def fit(
         raise SCCBGMError("n_pcs cannot be set with `base`: the flow works in the base model's input space.")
     n_pcs = int(n_pcs if n_pcs is not None else cfg["n_pcs"])
 
+    from sccbgm import distributed as ddp
+
+    if ddp.setup(distributed, device):
+        device = ddp.device_for(device)
     if base is not None:
         spec, transform, matrix = _base_inputs(base, adata, concepts, layer, representation)
         n_pcs = int(base.options.get("n_pcs", n_pcs))
@@ -223,8 +234,8 @@ def fit(
         matrix = get_matrix(adata, layer)
         _check_fit_memory(matrix, representation, cfg, flow=model.endswith("-fm"))
         values, mask = spec.encode(adata.obs)
-        transform = InputTransform.fit(
-            matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
+        transform = ddp.run_on_rank0(  # fitted once, the same on every rank
+            InputTransform.fit, matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
             n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
             concepts=values if concept_directions else None, concept_mask=mask,
         )
@@ -243,6 +254,8 @@ def fit(
         "residual": bool(residual), "module": cfg["module"], "train": cfg["train"],
         "n_train_cells": int(adata.n_obs),
     }
+    if ddp.world_size() > 1:
+        options_record["world_size"] = ddp.world_size()
     if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
         options_record["flow"] = cfg["flow"]
     from sccbgm.train import preserve_rng, seed_everything, torch_threads
@@ -575,9 +588,15 @@ def encode(model: Model, adata: Any, *, layer: str | None = None, cells: Any = N
 
 
 def save(model: Model, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` to ``path`` (one safetensors file: weights + JSON header, no pickle)."""
+    """Write ``model`` to ``path`` (one safetensors file: weights + JSON header, no pickle).
+
+    Under distributed training (:mod:`sccbgm.distributed`) only rank 0 writes.
+    """
+    from sccbgm import distributed as ddp
+
     _check_model(model)
-    model.save(path)
+    if ddp.rank() == 0:
+        model.save(path)
 
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:

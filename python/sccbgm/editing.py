@@ -606,3 +606,63 @@ def _jsonable(value: Any) -> Any:
     if arr.ndim == 0:
         return arr.item()
     return f"per-cell array ({arr.size} values)"
+
+
+def write_edit_h5ad(model: Model, adata: Any, set_: Mapping[str, Any], out: str, *, cells: Any = None,
+                    chunk_cells: int = CHUNK, **options: Any) -> Any:
+    """Stand-in for ``sccbgm.edit(..., out=path)`` (issue 11) until that lands; drop it then.
+
+    Edits the selected cells in chunks of ``chunk_cells`` with :func:`edit_cells` and writes the
+    result to the .h5ad ``out``: X (and any uncertainty layer) a dense float32 HDF5 dataset
+    (n_cells, n_genes) chunked by rows, written chunk by chunk; obs / var / obsm / uns by anndata's
+    writer at the end (small). Written under a temporary name, then renamed. Per-cell ``set``
+    values are split with the cells; a flow model in ``mode="decode"`` draws its noise per chunk.
+    Returns the file opened backed.
+    """
+    import os
+
+    import anndata as ad
+    import h5py
+    from anndata.io import write_elem
+
+    rows = select_cells(adata, cells)
+    n, g = rows.size, len(model.genes)
+    row_chunk = int(max(1, min(n, (1 << 20) // (4 * g))))
+    tmp = f"{out}.tmp-{os.getpid()}"
+    obs, obsm, first = [], {}, None
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
+            datasets: dict[str, Any] = {}
+            for s in range(0, n, chunk_cells):
+                part_rows = rows[s : s + chunk_cells]
+                part_set = {k: (np.asarray(v)[s : s + chunk_cells] if np.ndim(v) and len(v) == n else v)
+                            for k, v in set_.items()}
+                part = edit_cells(model, adata, part_set, cells=part_rows, **options)
+                for key, values in [("X", part.X), *((f"layers/{k}", v) for k, v in part.layers.items())]:
+                    if key not in datasets:
+                        datasets[key] = f.create_dataset(key, shape=(n, g), dtype="float32", chunks=(row_chunk, g))
+                        datasets[key].attrs["encoding-type"] = "array"
+                        datasets[key].attrs["encoding-version"] = "0.2.0"
+                    datasets[key][s : s + part_rows.size] = np.asarray(values, dtype=np.float32)
+                obs.append(part.obs)
+                for k, v in part.obsm.items():
+                    obsm.setdefault(k, []).append(np.asarray(v))
+                first = first if first is not None else part
+            assert first is not None
+            uns = dict(first.uns)
+            uns["sccbgm_edit"] = dict(uns["sccbgm_edit"], set={k: _jsonable(v) for k, v in set_.items()})
+            write_elem(f, "obs", pd.concat(obs))
+            write_elem(f, "var", first.var)
+            write_elem(f, "obsm", {k: np.concatenate(v) for k, v in obsm.items()})
+            write_elem(f, "uns", uns)
+            if "layers" not in f:
+                write_elem(f, "layers", {})
+            for key in ("obsp", "varm", "varp"):
+                write_elem(f, key, {})
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return ad.read_h5ad(out, backed="r")

@@ -41,7 +41,9 @@ def models(split):
     """One fitted model of every family; the flows reuse the autoencoders through ``base=``."""
     train, _ = split
     fitted = {}
-    kw = dict(seed=0, progress=False)
+    # one member per family: this module tests each family's API and outputs; the default
+    # ensemble (2 scCBGMs) is tested in test_uncertainty.py and at the defaults in test_real.py
+    kw = dict(seed=0, progress=False, n_members=1)
     fitted["sccbgm"] = sccbgm.fit(train, CONCEPTS, **kw, **NET)
     fitted["cbgm"] = sccbgm.fit(train, CONCEPTS, model="cbgm", **kw, **NET)
     fitted["cvae"] = sccbgm.fit(train, CONCEPTS, model="cvae", **kw, **NET)

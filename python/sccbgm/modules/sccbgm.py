@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sccbgm.distributed import batch_mean, gather_batch
 from sccbgm.errors import SCCBGMError
 from sccbgm.modules._blocks import ResidualBlock, ResidualMLP
 from sccbgm.modules.cbgm import ConceptEmbeddingBottleneck, cosine_penalty, default_embedding_dim
@@ -115,7 +116,12 @@ class SCCBGMConfig:
 
 
 def cross_covariance_penalty(c_hat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar."""
+    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar.
+
+    Under DDP training the rows of every rank are gathered first, so B is the global batch
+    (:mod:`sccbgm.distributed`).
+    """
+    c_hat, u = gather_batch(c_hat), gather_batch(u)
     b = c_hat.shape[0]
     cov = (c_hat - c_hat.mean(0)).T @ (u - u.mean(0)) / max(b - 1, 1)
     return (cov**2).sum()
@@ -126,16 +132,16 @@ def masked_concept_loss(
 ) -> torch.Tensor:
     """Paper Eq. 7: per cell, (1 / sum_k m_k) sum_k m_k loss_k (BCE binary, MSE continuous).
 
-    Averaged over the cells with at least one observed label; 0 when none has a label.
+    Averaged over the cells with at least one observed label; 0 when none has a label. Under DDP
+    training the count of such cells is the global batch's (:func:`sccbgm.distributed.batch_mean`).
     """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     mse = (c_hat - target) ** 2
     per = torch.where(is_binary, bce, mse) * mask
     n_obs = mask.sum(1)
     has = n_obs > 0
-    if not bool(has.any()):
-        return logits.new_zeros(())
-    return (per.sum(1)[has] / n_obs[has]).mean()
+    per_cell = per.sum(1)[has] / n_obs[has]
+    return batch_mean(per_cell.sum(), has.sum())
 
 
 class SkipDecoder(nn.Module):
