@@ -257,13 +257,14 @@ def run_synthetic(
             lines += [f"- {dataset}: " + report.floor_statement(means, [e for e in means if e not in TRIVIAL], metric=metric)]
         if metric in ("mse_pca", "mse_genes"):
             lines += ["", "Sampling-noise floor of editors that regenerate cells: the exact counterfactual keeps each "
-                      "cell's own Poisson draw, which only an editor that keeps the cell (no edit, the residual "
-                      "edits `X`, flow `edit`) can carry over. The expected counterfactual (every simulated term "
-                      "but that draw, Monte Carlo over 20 draws) scores "
+                      "cell's own Poisson draw. An editor that keeps the cell (no edit, the residual edits `X`, "
+                      "flow `edit`) carries it over; one that regenerates the cell (decoders: `X [raw]`, "
+                      "`decode`, biolord, scGen, CPA; CINEMA-OT's barycentre) carries over only what its encoding "
+                      "of the cell reproduces. The expected counterfactual (every simulated term but that draw, "
+                      "Monte Carlo over 20 draws), i.e. a perfect editor that reproduces none of it, scores "
                       + ", ".join(f"{d} {v:.4g}" for d, v in pd.DataFrame(floors).groupby("dataset", sort=False)[metric].mean().items())
-                      + f" ({metric}); decoders (`X [raw]`, `decode`, biolord, scGen, CPA) and barycentres (CINEMA-OT) "
-                      "sit near it whatever their quality: compare them with each other and with this floor, not "
-                      "with no edit."]
+                      + f" ({metric}): regenerating editors near this value predict the right population but none "
+                      "of the cell's own noise; compare them with each other and with this floor, not with no edit."]
         lines += [""]
     lines += ["## The field's metrics (as in `bench real`)", "",
               "Population metrics of the edited cells against the true counterfactuals, the cells to edit as "
