@@ -15,10 +15,10 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 r_debs=(r-base-core r-base-dev r-cran-reticulate r-cran-seurat r-cran-seuratobject
         r-bioc-singlecellexperiment r-bioc-summarizedexperiment r-cran-matrix r-cran-testthat
-        r-cran-knitr r-cran-rmarkdown r-cran-jsonlite pandoc)
+        r-cran-knitr r-cran-rmarkdown r-cran-jsonlite pandoc r-bioc-delayedarray r-bioc-hdf5array)
 
 install_r() {
-    if command -v Rscript >/dev/null 2>&1 && Rscript -e 'for (p in c("reticulate","Seurat","SeuratObject","SingleCellExperiment","testthat","knitr","rmarkdown")) if (!requireNamespace(p, quietly=TRUE)) quit(status=1)' >/dev/null 2>&1; then
+    if command -v Rscript >/dev/null 2>&1 && Rscript -e 'for (p in c("reticulate","Seurat","SeuratObject","SingleCellExperiment","testthat","knitr","rmarkdown","DelayedArray","HDF5Array")) if (!requireNamespace(p, quietly=TRUE)) quit(status=1)' >/dev/null 2>&1; then
         log "R and its packages are present ($(Rscript -e 'cat(R.version.string)'))"
     else
         [ "$(id -u)" = 0 ] || { log "R packages missing and not root: install ${r_debs[*]}"; exit 1; }

@@ -22,7 +22,7 @@ MODELS = ("sccbgm", "sccbgm-fm", "vanilla-fm", "cvae", "cvae-fm", "cbgm")
 _MODULE_OPTIONS = {
     "hidden_dim", "n_layers", "latent_dim", "unknown_dim", "dropout", "concept_weight",
     "cross_cov_weight", "kl_weight", "skip", "orthogonality", "variational", "bottleneck",
-    "concept_embedding_dim",
+    "concept_embedding_dim", "reconstruction",
 }
 _CVAE_OPTIONS = {"hidden_dim", "n_layers", "latent_dim", "dropout", "kl_weight", "skip", "variational"}
 _TRAIN_OPTIONS = {"epochs", "batch_size", "lr", "lr_decay", "weight_decay", "grad_clip"}
@@ -75,7 +75,7 @@ def fit(
     model: str = "sccbgm",
     base: Model | None = None,
     seed: int | None = None,
-    n_members: int = 1,
+    n_members: int | None = None,
     layer: str | None = None,
     preset: str = "cpu",
     representation: str = "pca",
@@ -86,6 +86,7 @@ def fit(
     device: str = "auto",
     num_threads: int | None = None,
     progress: bool | None = None,
+    distributed: bool | None = None,
     **options: Any,
 ) -> Model:
     """Fit a model on ``adata`` with ``concepts`` (obs column names).
@@ -114,7 +115,9 @@ def fit(
         Seeds weight initialisation and minibatch order; the same seed gives the same model on CPU.
         Ensemble member m (1..K) uses ``seed + m - 1``.
     n_members
-        Ensemble size K. K > 1 trains K members that share the input transform and concepts and
+        Ensemble size K; None: the preset's (``"cpu"``: 2 for ``model="sccbgm"``, chosen by
+        ``sccbgm bench validate`` (docs/validation.md), 1 for every other model; ``"paper"``: 1).
+        K > 1 trains K members that share the input transform and concepts and
         differ in their seed; :func:`edit` then returns their mean edit and per-cell uncertainty
         (``docs/uncertainty.md``). Costs K times the fit time. ``"sccbgm-fm"``: each member is its
         own scCBGM + flow (with ``base``: member m's flow conditions on the base's member m, or
@@ -139,13 +142,20 @@ def fit(
         torch CPU threads while fitting (None: env ``SCCBGM_NUM_THREADS`` or torch's default).
     progress
         Show a progress bar (None: only on an interactive terminal).
+    distributed
+        Train on several processes with torch DistributedDataParallel (docs/distributed.md).
+        None (default): when launched by ``torchrun`` (``WORLD_SIZE`` > 1) or inside an
+        initialised torch.distributed process group; False: never; True: required. Every rank
+        calls ``fit`` with the same arguments and data and gets the same model; ``batch_size``
+        is the global minibatch (a multiple of the number of processes).
     **options
         Module options (``hidden_dim``, ``n_layers``, ``latent_dim``, ``unknown_dim``, ``dropout``,
         ``concept_weight`` lambda_c, ``cross_cov_weight`` lambda_cc (weight of whichever
         orthogonality loss is active), ``kl_weight`` beta, and the ablation switches ``skip``
         (decoder skip connections), ``orthogonality`` ("cross_cov" | "cosine" | "none"),
         ``variational`` (False: the autoencoder ablation), ``bottleneck`` ("cbm" | "cem"),
-        ``concept_embedding_dim`` (CEM width m)); the CVAE takes ``hidden_dim``, ``n_layers``,
+        ``concept_embedding_dim`` (CEM width m), ``reconstruction`` ("mean" over input features or
+        "sum")); the CVAE takes ``hidden_dim``, ``n_layers``,
         ``latent_dim``, ``dropout``, ``kl_weight``, ``skip`` and ``variational``. Training
         options (``epochs``, ``batch_size``, ``lr``, ``lr_decay``, ``weight_decay``,
         ``grad_clip``). Flow models add ``flow_hidden_dim``, ``flow_n_layers``,
@@ -192,6 +202,9 @@ def fit(
         raise SCCBGMError("adata.var_names has duplicates; call adata.var_names_make_unique() first.")
     if adata.n_obs < 10:
         raise SCCBGMError(f"need at least 10 training cells, got {adata.n_obs}.")
+    cfg = get_preset(preset)
+    if n_members is None:
+        n_members = int(cfg.get("n_members", {}).get(model, 1)) if base is None else base.n_members
     if isinstance(n_members, bool) or not isinstance(n_members, (int, np.integer)) or n_members < 1:
         raise SCCBGMError(f"n_members must be a positive integer, not {n_members!r}.")
     if base is not None and base.n_members not in (1, n_members):
@@ -199,7 +212,6 @@ def fit(
             f"`base` is an ensemble of {base.n_members} members; fit the flow with n_members="
             f"{base.n_members} (one flow per base member) or pass a single base model."
         )
-    cfg = get_preset(preset)
     cfg["module"].update({k: v for k, v in options.items() if k in module_keys})
     cfg["train"].update({k: v for k, v in options.items() if k in train_keys})
     cfg["flow"]["module"].update({k[5:]: v for k, v in options.items() if k in _FLOW_MODULE_OPTIONS})
@@ -208,6 +220,10 @@ def fit(
         raise SCCBGMError("n_pcs cannot be set with `base`: the flow works in the base model's input space.")
     n_pcs = int(n_pcs if n_pcs is not None else cfg["n_pcs"])
 
+    from sccbgm import distributed as ddp
+
+    if ddp.setup(distributed, device):
+        device = ddp.device_for(device)
     if base is not None:
         spec, transform, matrix = _base_inputs(base, adata, concepts, layer, representation)
         n_pcs = int(base.options.get("n_pcs", n_pcs))
@@ -218,8 +234,8 @@ def fit(
         matrix = get_matrix(adata, layer)
         _check_fit_memory(matrix, representation, cfg, flow=model.endswith("-fm"))
         values, mask = spec.encode(adata.obs)
-        transform = InputTransform.fit(
-            matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
+        transform = ddp.run_on_rank0(  # fitted once, the same on every rank
+            InputTransform.fit, matrix, [str(g) for g in adata.var_names], representation=representation,  # type: ignore[arg-type]
             n_pcs=n_pcs, input_kind=input_kind,  # type: ignore[arg-type]
             concepts=values if concept_directions else None, concept_mask=mask,
         )
@@ -238,6 +254,8 @@ def fit(
         "residual": bool(residual), "module": cfg["module"], "train": cfg["train"],
         "n_train_cells": int(adata.n_obs),
     }
+    if ddp.world_size() > 1:
+        options_record["world_size"] = ddp.world_size()
     if model in ("sccbgm-fm", "vanilla-fm", "cvae-fm"):
         options_record["flow"] = cfg["flow"]
     from sccbgm.train import preserve_rng, seed_everything, torch_threads
@@ -426,8 +444,25 @@ def _fit_vae(matrix, transform, spec, values, mask, cfg, record, seed, device, p
         return {"x": torch.from_numpy(data.inputs(rows)).to(dev), "concepts": concepts_t[rows], "mask": mask_t[rows]}
 
     history = train(vae, data.n_cells, make_batch, train_cfg, seed=seed, progress=progress, description="scCBGM" + tag)
+    _set_unknown_shift(vae, data, concepts_t, mask_t, dev)
     return Model(name=record["model"], spec=spec, transform=transform, parts={"vae": vae}, options=record,
                  history={"vae": history})
+
+
+def _set_unknown_shift(vae: Any, data: Any, values: Any, mask: Any, dev: Any) -> None:
+    """Store B_u, the linear leakage of the concepts into u on the training cells (see
+    :func:`sccbgm.modules.sccbgm.estimate_unknown_shift`), for ``edit(..., shift_unknown=True)``."""
+    import torch
+
+    from sccbgm.modules.sccbgm import estimate_unknown_shift
+
+    vae.eval()
+    us = []
+    with torch.no_grad():
+        for s in range(0, data.n_cells, 4096):
+            rows = np.arange(s, min(s + 4096, data.n_cells))
+            us.append(vae.abduct(torch.from_numpy(data.inputs(rows)).to(dev))["unknown"])
+        vae.unknown_shift.copy_(estimate_unknown_shift(torch.cat(us), values, mask).to(dev))
 
 
 def edit(
@@ -441,6 +476,8 @@ def edit(
     mode: str | None = None,
     seed: int | None = None,
     n_steps: int | None = None,
+    count_edit: str | None = "auto",
+    shift_unknown: bool | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -475,6 +512,20 @@ def edit(
         Flow models, ``mode="decode"``: seeds the noise (None: random, recorded in uns).
     n_steps
         Flow models: fixed RK4 steps over t in [0, 1] (default 50), each way.
+    count_edit
+        Models fitted on raw counts: ``"sample"`` applies the model's predicted rate ratio to
+        each cell's own counts through a Poisson likelihood (thinning where the rate falls,
+        added Poisson counts where it rises, so zeros and detection rates change) and
+        re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
+        sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
+        (default): ``"mean"`` for a scCBGM (``model="sccbgm"``) fitted on counts with the
+        residual output, else None.
+        Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
+    shift_unknown
+        Concept-bottleneck models: also move the unknown factors u by as much as they varied with
+        the edited concepts on the training cells (a linear correction of concept leakage into
+        u, stored at fit time). False: u is kept as abducted (the paper). None (default): True
+        (chosen on held-out cells, docs/validation.md).
 
     Returns
     -------
@@ -488,7 +539,8 @@ def edit(
     never modified.
 
     An ensemble (``sccbgm.fit(..., n_members=K)``, K > 1) edits with every member: X = the mean
-    of the members' edited expression (clipped at 0); ``layers["edit_sd"]`` = the sd (ddof 1)
+    of the members' edited expression (clipped at 0; with the count-space edit, one count edit
+    with the members' mean log rate ratio, as validated in docs/validation.md); ``layers["edit_sd"]`` = the sd (ddof 1)
     over members of the predicted change per cell x gene; ``layers["edit_lower"]`` /
     ``layers["edit_upper"]`` = X -/+ z_0.95 * a * edit_sd (clipped at 0), a 90% interval with
     the model's calibration scale a (``docs/uncertainty.md``); obsm concepts are the members'
@@ -502,7 +554,8 @@ def edit(
     _check_adata(adata)
     with torch_threads(None):
         return edit_cells(
-            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps
+            model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
+            count_edit=count_edit, shift_unknown=shift_unknown,
         )
 
 
@@ -526,9 +579,15 @@ def encode(model: Model, adata: Any, *, layer: str | None = None, cells: Any = N
 
 
 def save(model: Model, path: str | os.PathLike[str]) -> None:
-    """Write ``model`` to ``path`` (one safetensors file: weights + JSON header, no pickle)."""
+    """Write ``model`` to ``path`` (one safetensors file: weights + JSON header, no pickle).
+
+    Under distributed training (:mod:`sccbgm.distributed`) only rank 0 writes.
+    """
+    from sccbgm import distributed as ddp
+
     _check_model(model)
-    model.save(path)
+    if ddp.rank() == 0:
+        model.save(path)
 
 
 def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:

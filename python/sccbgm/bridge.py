@@ -18,6 +18,14 @@ matrix spec
     ``{"kind": "csr", "shape": [n, m], "data": float64, "indices": int32, "indptr": int32}`` --
     a cells x genes CSR matrix, which *is* the genes x cells CSC ``dgCMatrix`` of R
     (``x``, ``i``, ``p`` slots, 0-based), rebuilt there with ``Matrix::sparseMatrix``.
+
+    ``{"kind": "blocks", "shape": [n, m], "blocks": [csr spec]}`` (R -> Python) -- consecutive
+    row blocks, stacked into one CSR matrix: how R streams a ``DelayedArray`` without realising
+    it whole.
+
+    ``{"kind": "h5ad", "shape": [n, m], "path": str, "dataset": "X"}`` (Python -> R) -- a dense
+    (n, m) dataset in an .h5ad file, read in R as an HDF5-backed ``DelayedArray``
+    (``HDF5Array::HDF5Array(path, dataset)`` is its m x n transpose, without a copy).
 column spec (one data-frame column; ``na`` is a bool mask of missing values)
     ``{"type": "factor", "codes": int32 (-1 = NA), "levels": [str], "ordered": bool}``
     (unused levels are kept), ``{"type": "character", "values": [str], "na": bool}``,
@@ -38,6 +46,7 @@ comes back as one), ``NaN`` in object (string) columns and code -1 in categorica
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -183,7 +192,12 @@ def matrix_from_spec(spec: Mapping[str, Any]) -> np.ndarray | sp.csr_matrix:
         if indptr.size and indptr[-1] <= _INT32_MAX:
             indptr = indptr.astype(np.int32)
         return sp.csr_matrix((data, indices, indptr), shape=(n, m))
-    raise SCCBGMError(f"unknown matrix spec kind {kind!r} (expected 'dense' or 'csr').")
+    if kind == "blocks":  # consecutive row blocks (R streams a DelayedArray), stacked as CSR
+        blocks = [matrix_from_spec(_as_dict(b)) for b in spec["blocks"]]
+        if sum(b.shape[0] for b in blocks) != n or any(b.shape[1] != m for b in blocks):
+            raise SCCBGMError(f"matrix blocks of shapes {[b.shape for b in blocks]} do not stack to {(n, m)}.")
+        return sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((n, m))
+    raise SCCBGMError(f"unknown matrix spec kind {kind!r} (expected 'dense', 'csr' or 'blocks').")
 
 
 def _r_dtype(dtype: np.dtype, values: np.ndarray | None = None) -> np.dtype:
@@ -503,8 +517,12 @@ def edit(
     *,
     cells: Any = None,
     options: Mapping[str, Any] | None = None,
+    out: str | None = None,
 ) -> Spec:
     """Counterfactual edit of the cells in ``spec``; returns a plain result spec for R.
+
+    With ``out`` (a path) the edit is written to that .h5ad by ``sccbgm.edit(..., out=out)``
+    and ``X`` of the result is an ``"h5ad"`` matrix spec pointing at it, not the values.
 
     ``options`` are further keywords of :func:`sccbgm.edit` (e.g. ``residual``); ``None`` values
     are dropped. Result keys: ``X`` (dense matrix spec, edited cells x model genes, float64),
@@ -521,16 +539,47 @@ def edit(
     adata = _engine_frame(spec)
     set_ = set_from_spec(set_spec)
     kwargs = {str(k): v for k, v in _as_dict(options).items() if v is not None}
-    result = api.edit(model, adata, set_, cells=_cells_arg(cells), **kwargs)
-    return edit_result_to_spec(result, list(set_))
+    if out is None:
+        result = api.edit(model, adata, set_, cells=_cells_arg(cells), **kwargs)
+        return edit_result_to_spec(result, list(set_))
+    import anndata as ad
+
+    out = os.fspath(os.path.expanduser(str(out)))
+    if "out" in inspect.signature(api.edit).parameters:
+        written = api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
+    else:  # until sccbgm.edit(..., out=) lands (issue 11): the stand-in, same file layout
+        from sccbgm.editing import write_edit_h5ad
+        from sccbgm.train import torch_threads
+
+        api._check_model(model)
+        with torch_threads(None):
+            written = write_edit_h5ad(model, adata, set_, out, cells=_cells_arg(cells), **kwargs)
+    del adata
+    if not getattr(written, "isbacked", False):
+        written = ad.read_h5ad(out, backed="r")
+    try:
+        return edit_result_to_spec(written, list(set_), x_file=out)
+    finally:
+        written.file.close()
 
 
-def edit_result_to_spec(result: Any, edited_columns: Sequence[str]) -> Spec:
-    """The AnnData returned by :func:`sccbgm.edit` -> plain result spec (see :func:`edit`)."""
+def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str | None = None) -> Spec:
+    """The AnnData returned by :func:`sccbgm.edit` -> plain result spec (see :func:`edit`).
+
+    ``x_file``: ``result`` is that .h5ad opened backed; X is passed as an ``"h5ad"`` spec.
+    """
     info = dict(result.uns.get("sccbgm_edit", {}))
     columns = [c for c in edited_columns if c in result.obs.columns]
+    if x_file is None:
+        x_spec = matrix_to_spec(np.asarray(result.X, dtype=np.float64))
+    else:
+        import h5py
+
+        if not isinstance(result.X, h5py.Dataset):
+            raise SCCBGMError(f"X of {x_file!r} is not a dense HDF5 dataset; cannot back an R DelayedArray with it.")
+        x_spec = {"kind": "h5ad", "shape": [int(result.n_obs), int(result.n_vars)], "path": x_file, "dataset": "X"}
     return {
-        "X": matrix_to_spec(np.asarray(result.X, dtype=np.float64)),
+        "X": x_spec,
         "obs_names": _str_array(result.obs_names),
         "var_names": _str_array(result.var_names),
         "obs": frame_to_spec(result.obs, columns),
@@ -540,14 +589,27 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str]) -> Spec:
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
         "info": {k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
-        "uncertainty": {
-            key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64))
-            for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers
-        } or None,
+        "uncertainty": _uncertainty_specs(result, x_file),
         "uncertainty_info": {
             k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))
         } or None,
     }
+
+
+def _uncertainty_specs(result: Any, x_file: str | None) -> Spec | None:
+    """The ensemble's per-cell uncertainty layers: dense specs, or with ``x_file`` "h5ad" specs
+    of the file's ``layers/<key>`` datasets (R reads them HDF5-backed, like X)."""
+    keys = [key for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers]
+    if x_file is None:
+        return {key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64)) for key in keys} or None
+    import h5py
+
+    shape = [int(result.n_obs), int(result.n_vars)]
+    with h5py.File(x_file, "r") as f:
+        for key in keys:
+            if not isinstance(f.get(f"layers/{key}"), h5py.Dataset):
+                raise SCCBGMError(f"layer {key!r} of {x_file!r} is not a dense HDF5 dataset.")
+    return {key: {"kind": "h5ad", "shape": shape, "path": x_file, "dataset": f"layers/{key}"} for key in keys} or None
 
 
 def encode(model: Any, spec: Mapping[str, Any], *, cells: Any = None) -> Spec:

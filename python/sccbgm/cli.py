@@ -223,6 +223,16 @@ class UsageError(Exception):
     """A user error found by the command line itself (bad file, bad --set, existing output)."""
 
 
+def _json_options(text: str) -> dict[str, Any]:
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--options is not valid JSON ({err}): {text!r}") from None
+    if not isinstance(opts, dict):
+        raise UsageError(f"--options must be a JSON object of option names and values, not {text!r}.")
+    return opts
+
+
 def _json_mapping(text: str, option: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -383,8 +393,12 @@ def _run(argv: list[str]) -> int:
     f.add_argument("--epochs", type=int)
     f.add_argument("--layer")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--members", type=int, default=1,
-                   help="ensemble size; > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
+    f.add_argument("--members", type=int, default=None,
+                   help="ensemble size (default: the preset's, 2 for sccbgm on the cpu preset); > 1 gives edits per-cell uncertainty layers (docs/uncertainty.md)")
+    f.add_argument("--options", default="{}",
+                   help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
+    f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
+                   help="DDP training (default: when launched by torchrun; docs/distributed.md)")
     f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
@@ -404,12 +418,18 @@ def _run(argv: list[str]) -> int:
         data = _input_file(args.h5ad, "input file")
         out = _check_output(args.out, [data], args.overwrite)
         import sccbgm
+        from sccbgm import distributed
 
-        opts = {"epochs": args.epochs} if args.epochs is not None else {}
+        opts = _json_options(args.options)
+        if args.epochs is not None:
+            opts["epochs"] = args.epochs
         model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
-                           layer=args.layer, seed=args.seed, n_members=args.members, **opts)
+                           layer=args.layer, seed=args.seed, n_members=args.members,
+                           distributed=args.distributed, **opts)
         sccbgm.save(model, out)
-        print(f"{model}\nwrote {out}")
+        if distributed.rank() == 0:
+            print(f"{model}\nwrote {out}")
+        distributed.shutdown()
     elif args.command == "edit":
         data = _input_file(args.h5ad, "input file")
         model_path = _input_file(args.model, "model file")

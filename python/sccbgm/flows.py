@@ -144,8 +144,12 @@ class Counterfactual:
     from one generator seeded once, so the same seed and cells give the same output.
     """
 
-    def __init__(self, model: Model, *, mode: str | None = None, seed: int | None = None, n_steps: int | None = None) -> None:
+    def __init__(
+        self, model: Model, *, mode: str | None = None, seed: int | None = None, n_steps: int | None = None,
+        shift_unknown: bool = False,
+    ) -> None:
         self.model = model
+        self.shift_unknown = bool(shift_unknown) and "vae" in model.parts
         self.parts = model.parts
         self.is_flow = "flow" in self.parts
         if not self.is_flow:
@@ -213,13 +217,18 @@ class Counterfactual:
         c_fact = ab["concepts"]
         c_edit = torch.where(torch.from_numpy(np.array(assigned, dtype=bool)).to(dev), tensor(target), c_fact)
         noise = None
+        ab_edit = ab
+        if self.shift_unknown:
+            # move u with the concepts as far as it leaked with them on the training cells
+            shift = (c_edit - c_fact) @ self.parts["vae"].unknown_shift
+            ab_edit = {**ab, "unknown": torch.relu(ab["unknown"] + shift)}
         if not self.is_flow:
-            edited = decode(self.parts, ab, c_edit)
+            edited = decode(self.parts, ab_edit, c_edit)
             factual = decode(self.parts, ab, c_fact) if need_factual else None
         else:
             field = self.parts["flow"]
             emb_fact = field.embed_condition(flow_condition(self.parts, ab, c_fact))
-            emb_edit = field.embed_condition(flow_condition(self.parts, ab, c_edit))
+            emb_edit = field.embed_condition(flow_condition(self.parts, ab_edit, c_edit))
             if self.mode == "edit":
                 y0 = integrate(field, field.to_flow(x), emb_fact, 1.0, 0.0, self.n_steps)
             else:

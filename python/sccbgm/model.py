@@ -306,6 +306,8 @@ def _load_part(part: str, desc: dict[str, Any], tensors: dict[str, Any], prefix:
         )
     module = module_cls(config_cls(**desc["config"]))
     state = {k[len(name) + 1 :]: v for k, v in tensors.items() if k.startswith(name + ".")}
+    if hasattr(module, "unknown_shift") and "unknown_shift" not in state:
+        state["unknown_shift"] = module.unknown_shift  # files written before the leak correction (B_u = 0)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:

@@ -6,19 +6,20 @@ Eq. 7's per-cell normalisation (mean over observed labels) and only 60 epochs, t
 concept_weight 0.1 leaves the concept head under-trained (held-out accuracy 0.91 vs 1.00 on the
 test toy data after 25 epochs), so the CPU preset uses concept_weight 1.0.
 
-The CPU preset's cross_cov_weight is 2.0 (paper: 0.5). Measured on the real Kang cells held out
-as in Table 1 (``sccbgm bench real``, one seed, rMMD of the residual edit; the mean-shift floor
-in brackets; an earlier gene selection than the final table of docs/real-data.md, which uses 2.0): 0.5 -> CD14+Mono 2.70, FCGR3A+Mono 5.81 (3.15, 4.58: loses on FCGR3A+Mono);
-2.0 -> 1.93, 3.83, B 0.24 (0.40), CD4T 0.42 (0.93); 5.0 -> 1.99, 3.40. With 0.5 the stimulation
-leaks into the unknown factors u and an edit of ``condition`` moves cells only part of the way.
-On the simulator (synthetic1, 3,000 cells, cell-level MSE of two tasks) 2.0 costs little
-(0.00214 / 0.00107 vs 0.00209 / 0.00073 at 0.5) where 5.0 costs more (0.00241 / 0.00110).
-Why the two disagree: Eq. 8 pushes u to be uncorrelated with c_hat, which is right when the
-concepts vary independently of the unknown factors (the paper's DAG, Fig. 1: U independent of
-U_C), as a designed intervention such as Kang's stimulation does. The simulator draws concept
-activations with cell-type-dependent probabilities (C.1), so there u *must* covary with c and a
-strong penalty pushes cell-type signal into c. The CPU default favours the designed-intervention
-case; lower ``cross_cov_weight`` when concepts are tied to the other variation.
+The CPU preset's cross_cov_weight is 2.0 (paper: 0.5). Evidence (``sccbgm bench validate``,
+docs/validation.md: Kang leave-one-type-out on all 7 types, choose half = seeds 0-1, confirm
+half = seeds 2-3, plus two simulator variants): these network values were kept from earlier
+work and NOT re-chosen in the protocol (the earlier choice was made on four of the Kang tasks
+it was scored on, which is why only the edit was chosen here, on the choose half). What the
+protocol chose is the form of the edit (:mod:`sccbgm.editing`: the rate-ratio edit in count
+space with the u shift) and, for the lead, an ensemble of 2 members; its verdict against the
+floors, both halves, is in docs/validation.md. Measured and not adopted: the reconstruction
+loss summed over the input features (``reconstruction="sum"``, the scale of the KL term) at
+these weights barely edits (simulator cell MSE 0.0045 vs 0.0022 with the mean, one task);
+the additive log edit and the decoder output lose to the other types' mean shift on most
+Kang types. Eq. 8 pushes u to be uncorrelated with c_hat, which is right for a designed
+intervention such as Kang's stimulation; the simulator draws concept activations with
+cell-type-dependent probabilities (C.1), where a lower weight (0.5) suits better.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "train": {"epochs": 60, "batch_size": 128, "lr": 1e-3, "lr_decay": 0.98},
         "n_pcs": 64,
+        # ensemble size per model family when fit(n_members=None): 2 scCBGMs (docs/validation.md)
+        "n_members": {"sccbgm": 2},
         "flow": {
             "module": {"hidden_dim": 256, "n_layers": 3, "dropout": 0.1, "time_dim": 64},
             "train": {"epochs": 100, "batch_size": 128, "lr": 1e-3, "lr_decay": 0.98},

@@ -3,7 +3,8 @@
 A module is an ``nn.Module`` whose ``forward(batch)`` returns a dict of named loss terms with the
 weighted total under ``"loss"``. The loop is deliberately plain (Adam + exponential decay per
 epoch, as in paper D.4): the module can be wrapped in ``torch.nn.parallel.DistributedDataParallel``
-unchanged, since gradients flow through ``forward``. Its overhead against a bare loop is measured
+unchanged, since gradients flow through ``forward``; inside a torch.distributed process group
+:func:`train` does so (:mod:`sccbgm.distributed`). Its overhead against a bare loop is measured
 by ``python -m sccbgm.bench overhead`` (see docs/benchmarks.md).
 """
 
@@ -100,9 +101,12 @@ def preserve_rng() -> Iterator[None]:
 
 
 def seed_everything(seed: int | None) -> int:
-    """Seed torch (CPU and CUDA); returns the seed used (drawn at random when None)."""
+    """Seed torch (CPU and CUDA); returns the seed used (drawn at random when None; under DDP
+    rank 0's draw on every rank)."""
+    from sccbgm.distributed import broadcast_seed
+
     if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1)[0] % (2**31))
+        seed = broadcast_seed(int(np.random.SeedSequence().generate_state(1)[0] % (2**31)))
     torch.manual_seed(seed)
     return int(seed)
 
@@ -122,48 +126,84 @@ def train(
     ``make_batch(rows)`` builds the minibatch dict (tensors already on the module's device) for an
     array of row indices; minibatches are drawn by shuffling the rows each epoch (a final batch of
     a single cell is dropped, since Eq. 8 needs B >= 2).
+
+    Inside a torch.distributed process group of W > 1 processes (:mod:`sccbgm.distributed`) the
+    module is wrapped in ``DistributedDataParallel``; ``config.batch_size`` stays the global
+    batch (a multiple of W) and each rank trains on its 1/W slice of every global batch; the
+    history holds the loss terms averaged over ranks, identical on every rank.
     """
     from tqdm.auto import tqdm
+
+    from sccbgm import distributed
 
     config.validate()
     if n_cells < 2:
         raise SCCBGMError(f"need at least 2 training cells, got {n_cells}.")
+    world, rank = distributed.world_size(), distributed.rank()
+    net: nn.Module = module
+    if world > 1:
+        if config.batch_size % world:
+            raise SCCBGMError(
+                f"batch_size ({config.batch_size}) is the global minibatch and must be a multiple of "
+                f"the number of processes ({world}) under distributed training."
+            )
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = next(module.parameters()).device
+        if rank > 0:  # own dropout / reparametrisation noise per rank; rank 0 keeps the seed's stream
+            torch.manual_seed(int(np.random.SeedSequence([seed, rank]).generate_state(1)[0]))
+        net = DistributedDataParallel(
+            module, device_ids=[device] if device.type == "cuda" else None, static_graph=True
+        )
     rng = np.random.default_rng(seed)
     optimiser = torch.optim.Adam(module.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma=config.lr_decay)
     history: dict[str, list[float]] = {}
-    bar = tqdm(range(config.epochs), desc=description, disable=None if progress is None else not progress)
+    show = None if progress is None else bool(progress)
+    bar = tqdm(range(config.epochs), desc=description, disable=(rank > 0) or (None if show is None else not show))
     module.train()
-    for _ in bar:
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for rows in _minibatches(n_cells, config.batch_size, rng):
-            terms = module(make_batch(rows))
-            loss = terms["loss"]
-            if not torch.isfinite(loss):
-                raise SCCBGMError(
-                    "training diverged (non-finite loss); lower `lr` or check the input for extreme values."
-                )
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip:
-                nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
-            optimiser.step()
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n_batches += 1
-        for k, v in sums.items():
-            history.setdefault(k, []).append(v / n_batches)
-        history.setdefault("lr", []).append(scheduler.get_last_lr()[0])
-        scheduler.step()
-        bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
+    with distributed.gathering():
+        for _ in bar:
+            sums: dict[str, float] = {}
+            n_batches = 0
+            for rows in _minibatches(n_cells, config.batch_size, rng, rank=rank, world=world):
+                terms = net(make_batch(rows))
+                values = torch.stack([v.detach().float() for v in terms.values()])
+                if world > 1:
+                    torch.distributed.all_reduce(values)
+                    values = values / world
+                if not bool(torch.isfinite(values).all()):
+                    raise SCCBGMError(
+                        "training diverged (non-finite loss); lower `lr` or check the input for extreme values."
+                    )
+                optimiser.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if config.grad_clip:
+                    nn.utils.clip_grad_norm_(module.parameters(), config.grad_clip)
+                optimiser.step()
+                for k, v in zip(terms, values.tolist(), strict=True):
+                    sums[k] = sums.get(k, 0.0) + v
+                n_batches += 1
+            for k, v in sums.items():
+                history.setdefault(k, []).append(v / n_batches)
+            history.setdefault("lr", []).append(scheduler.get_last_lr()[0])
+            scheduler.step()
+            bar.set_postfix(loss=f"{history['loss'][-1]:.4g}")
     module.eval()
     return history
 
 
-def _minibatches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+def _minibatches(
+    n: int, batch_size: int, rng: np.random.Generator, *, rank: int = 0, world: int = 1
+) -> Iterator[np.ndarray]:
+    """Rows of this rank's slice of each global minibatch of a fresh permutation of n rows.
+
+    Global batches of ``batch_size`` (the last one shorter); rank r of W gets the r-th of W equal
+    slices (``len // W`` rows); a global batch of fewer than 2 usable rows is skipped.
+    """
     order = rng.permutation(n)
     for s in range(0, n, batch_size):
         rows = order[s : s + batch_size]
-        if rows.size >= 2:
-            yield rows
+        per = rows.size // world
+        if per * world >= 2:
+            yield rows[rank * per : (rank + 1) * per]

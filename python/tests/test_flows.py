@@ -41,7 +41,9 @@ def models(split):
     """One fitted model of every family; the flows reuse the autoencoders through ``base=``."""
     train, _ = split
     fitted = {}
-    kw = dict(seed=0, progress=False)
+    # one member per family: this module tests each family's API and outputs; the default
+    # ensemble (2 scCBGMs) is tested in test_uncertainty.py and at the defaults in test_real.py
+    kw = dict(seed=0, progress=False, n_members=1)
     fitted["sccbgm"] = sccbgm.fit(train, CONCEPTS, **kw, **NET)
     fitted["cbgm"] = sccbgm.fit(train, CONCEPTS, model="cbgm", **kw, **NET)
     fitted["cvae"] = sccbgm.fit(train, CONCEPTS, model="cvae", **kw, **NET)
@@ -186,7 +188,8 @@ def test_every_model_edits_through_the_same_api(split, models, name):
     assert {key: edited.obsm[key].shape for key in edited.obsm} == expected
     assert (edited.obsm["X_concepts_edited"][:, 0] == 1).all()
     meta = edited.uns["sccbgm_edit"]
-    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode"}
+    base_keys = {"model", "concept_names", "set", "residual", "expression", "target_sum", "mode", "count_edit",
+                 "shift_unknown"}
     assert set(meta) == base_keys | ({"solver", "n_steps"} if is_flow else set())
     assert meta["model"] == name and meta["set"] == {"stim": 1} and meta["residual"] is True
     assert meta["mode"] == ("edit" if is_flow else "abduction")

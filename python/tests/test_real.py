@@ -53,10 +53,8 @@ def test_scorer_matches_the_ratio_metrics():
 
 @pytest.fixture(scope="module")
 def kang_bench(tmp_path_factory):
-    """Kang prepared through --from, then the CLI on the CD14+Mono task (scCBGM, one seed).
-
-    lambda_cc = 5: with the cpu preset's 0.5 the stimulation leaks into the unknown factors u on
-    these cells and the edit only matches the mean-shift floor (README, "Real data")."""
+    """Kang prepared through --from, then the CLI on the CD14+Mono task (scCBGM, one seed, the
+    shipped defaults)."""
     if not KANG.is_file():
         pytest.skip(f"shared data absent: {KANG} not found")
     if str(SCRIPTS) not in sys.path:
@@ -68,8 +66,7 @@ def kang_bench(tmp_path_factory):
     from sccbgm.bench import main
 
     assert main(["real", "--data", str(data / "kang2018.h5ad"), "--tasks", str(data / "kang2018_tasks.json"),
-                 "--out", str(out), "--quick", "--models", "sccbgm", "--task", TASK,
-                 "--cross-cov-weight", "5", "--peers", "none"]) == 0
+                 "--out", str(out), "--quick", "--models", "sccbgm", "--task", TASK, "--peers", "none"]) == 0
     return data, out
 
 

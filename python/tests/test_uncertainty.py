@@ -47,8 +47,10 @@ def test_members_share_transform_and_differ_by_seed(split, ensemble):
 
 def test_edit_is_the_member_mean_with_sd_and_interval(split, ensemble):
     cells = split[1]
-    edited = sccbgm.edit(ensemble, cells, {"stim": 1})
-    per_member = np.stack([np.asarray(sccbgm.edit(ensemble.member(m), cells, {"stim": 1}).X) for m in range(3)])
+    additive = {"count_edit": None, "shift_unknown": False}  # the member-mean contract of the additive edit
+    edited = sccbgm.edit(ensemble, cells, {"stim": 1}, **additive)
+    per_member = np.stack([np.asarray(sccbgm.edit(ensemble.member(m), cells, {"stim": 1}, **additive).X)
+                           for m in range(3)])
     inside = (per_member > 0.05).all(axis=0)  # members' outputs are clipped at 0; compare where none is
     assert inside.mean() > 0.5
     np.testing.assert_allclose(edited.X[inside], per_member.mean(axis=0)[inside], rtol=1e-5, atol=1e-5)
@@ -66,6 +68,18 @@ def test_edit_is_the_member_mean_with_sd_and_interval(split, ensemble):
     assert info["n_members"] == 3 and info["uncertainty"]["scale"] == scale
     assert info["uncertainty"]["layers"] == list(LAYERS) and info["uncertainty"]["level"] == 0.9
     json.dumps(info)  # uns stays writable to h5ad
+
+
+def test_count_edit_of_an_ensemble_averages_the_members_log_rate_ratios(split, ensemble):
+    """Default edit of a count model: one count-space edit with the members' mean log rate ratio;
+    edit_sd is the spread of the members' own count edits."""
+    cells = split[1]
+    edited = sccbgm.edit(ensemble, cells, {"stim": 1})
+    assert edited.uns["sccbgm_edit"]["count_edit"] == "mean"
+    per_member = np.stack([np.asarray(sccbgm.edit(ensemble.member(m), cells, {"stim": 1}).X) for m in range(3)])
+    np.testing.assert_allclose(edited.layers["edit_sd"], per_member.std(axis=0, ddof=1), rtol=1e-4, atol=1e-5)
+    lo, hi = per_member.min(axis=0), per_member.max(axis=0)
+    assert ((edited.X >= lo - 0.05) & (edited.X <= hi + 0.05)).mean() > 0.99
 
 
 def test_single_model_edit_has_no_uncertainty_layers(toy_model, split):

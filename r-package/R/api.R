@@ -77,7 +77,9 @@ print.sccbgm_model <- function(x, ...) {
 #'
 #' The expression matrix (`layer`) holds raw counts (non-negative integers: library-size
 #' normalised and log1p-transformed inside) or log-normalised values (used as they are); which
-#' one is detected. The fit runs in Python ([sccbgm_available()]).
+#' one is detected. The fit runs in Python ([sccbgm_available()]). The matrix may be an
+#' in-memory `matrix` / `dgCMatrix` or a `DelayedArray` (e.g. an `HDF5Array` on disk), which
+#' crosses to Python in blocks of cells, never densified whole in R.
 #'
 #' @param object A `Seurat` or `SingleCellExperiment` object.
 #' @param concepts Character vector of cell metadata columns (Seurat `meta.data`, SCE `colData`)
@@ -96,7 +98,8 @@ print.sccbgm_model <- function(x, ...) {
 #'   same model on CPU. `NULL` draws one.
 #' @param preset `"cpu"` (default, small network) or `"paper"` (the paper's settings).
 #' @param epochs Number of training epochs; `NULL` uses the preset's.
-#' @param n_members Ensemble size K: `K > 1` trains K models (seeds `seed`, `seed + 1`, ...)
+#' @param n_members Ensemble size K; `NULL` uses the preset's (`"cpu"`: 2 for `model = "sccbgm"`,
+#'   1 otherwise). `K > 1` trains K models (seeds `seed`, `seed + 1`, ...)
 #'   that share the input transform, and [sccbgm_edit()] then returns their mean edit with a
 #'   per-cell uncertainty (the `_edit_sd`, `_edit_lower`, `_edit_upper` assays). K times the
 #'   fit time.
@@ -114,7 +117,7 @@ print.sccbgm_model <- function(x, ...) {
 #' }
 sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
                        model = "sccbgm", seed = NULL, preset = "cpu", epochs = NULL,
-                       n_members = 1L, progress = interactive()) {
+                       n_members = NULL, progress = interactive()) {
   .check_object(object)
   .check_columns(object, concepts)
   .check_string(model, "model", null_ok = FALSE)
@@ -126,11 +129,13 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
     }
     options$epochs <- as.integer(epochs)
   }
-  if (!is.numeric(n_members) || length(n_members) != 1L || is.na(n_members) || n_members < 1 ||
-      n_members != round(n_members)) {
-    stop("`n_members` must be a positive whole number.", call. = FALSE)
+  if (!is.null(n_members)) {
+    if (!is.numeric(n_members) || length(n_members) != 1L || is.na(n_members) || n_members < 1 ||
+        n_members != round(n_members)) {
+      stop("`n_members` must be a positive whole number or NULL.", call. = FALSE)
+    }
+    options$n_members <- as.integer(n_members)
   }
-  options$n_members <- as.integer(n_members)
   spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay), concepts)
   bridge <- .bridge()
   py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
@@ -192,6 +197,19 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #' The factual metadata columns and the input assays are left unchanged. With `cells`, the
 #' returned object holds the selected cells only.
 #'
+#' **Large edits** are not brought into R's memory: Python writes the edited expression to an
+#' `.h5ad` file (a dense float32 cells x genes HDF5 dataset `X`, chunked by cells) and the new
+#' assay is an HDF5-backed `DelayedArray` on it (`HDF5Array::HDF5Array(file, "X")`, the genes x
+#' cells view of the same data, nothing copied). This happens when `out` is given, when
+#' `backed = TRUE`, and by default when the edit has more than
+#' `getOption("sccbgm.backed_threshold", 5e7)` values (edited cells x model genes; 5e7 doubles
+#' are 400 MB as an R matrix), \pkg{HDF5Array} is installed and the object can hold such an
+#' assay: a SingleCellExperiment, or a Seurat object with SeuratObject >= 5 (an `Assay5`;
+#' Seurat 4 assays hold in-memory matrices only, so there the edit stays in memory, with a
+#' message). Without `out` the file is a temporary file, deleted when the R session ends: pass
+#' `out` to keep the object usable in a later session (`saveRDS()` stores the path, not the
+#' values). The path is recorded in the edit record (`file`).
+#'
 #' @param object A `Seurat` or `SingleCellExperiment` with (at least) the model's genes, holding
 #'   the same kind of values (counts or log-normalised) as at fit time.
 #' @param model An `sccbgm_model` ([sccbgm_fit()], [sccbgm_load()]). The Python API's order
@@ -207,6 +225,11 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #'   takes the kind the model was fitted on: `"counts"` for a model fitted on raw counts,
 #'   `"data"` (Seurat) or `"logcounts"` (SCE) for one fitted on log-normalised values.
 #' @param name Name of the new assay / altExp and prefix of the reductions and metadata columns.
+#' @param backed `TRUE`: return the edited expression as an HDF5-backed `DelayedArray` (see
+#'   Details); `FALSE`: as an in-memory matrix; `NULL` (default): backed above the size
+#'   threshold when possible.
+#' @param out Path of the `.h5ad` file to write the edit to (implies `backed = TRUE`); it must
+#'   not exist. `NULL`: a temporary file when backed.
 #' @return The object (subset to `cells`) with the edit added, see Details.
 #' @seealso [sccbgm_fit()], [sccbgm_evaluate()]
 #' @export
@@ -220,7 +243,7 @@ sccbgm_fit <- function(object, concepts, ..., assay = NULL, layer = NULL,
 #'   SingleCellExperiment::reducedDimNames(edited)
 #' }
 sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, assay = NULL,
-                        layer = NULL, name = "sccbgm") {
+                        layer = NULL, name = "sccbgm", backed = NULL, out = NULL) {
   args <- .object_and_model(object, model)
   object <- args$object
   model <- args$model
@@ -228,21 +251,31 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   cells <- .cells_arg(object, cells)
   n_edit <- if (is.null(cells)) ncol(object) else length(cells)
   set_entries <- .set_spec(set, n_edit)
+  out <- .backed_output(object, backed, out, n_edit, length(model$genes))
   options <- .py_options(...)
   options$residual <- if (is.null(residual)) NULL else isTRUE(residual)
   layer <- .default_layer(object, layer, model$input_kind, assay)
   spec <- .engine_spec(object, assay, layer, model$concepts)
   res <- .r(.py_call(.bridge()$edit(model$py, spec, set_entries,
                                     cells = if (is.null(cells)) NULL else .np_chr(cells),
-                                    options = options)))
+                                    options = options, out = out)))
   out_cells <- .chr(res$obs_names)
   genes <- .chr(res$var_names)
   concept_names <- .chr(res$concept_names)
   object <- .subset_cells(object, out_cells)
-  m <- .matrix_from_spec(res$X, rownames = genes, colnames = out_cells)
+  m <- if (identical(res$X$kind, "h5ad")) {
+    .h5ad_matrix(res$X, rownames = genes, colnames = out_cells)
+  } else {
+    .matrix_from_spec(res$X, rownames = genes, colnames = out_cells)
+  }
   object <- .add_expression(object, name, m)
   for (layer_name in names(res$uncertainty)) {
-    u <- .matrix_from_spec(res$uncertainty[[layer_name]], rownames = genes, colnames = out_cells)
+    u_spec <- res$uncertainty[[layer_name]]
+    u <- if (identical(u_spec$kind, "h5ad")) {
+      .h5ad_matrix(u_spec, rownames = genes, colnames = out_cells)
+    } else {
+      .matrix_from_spec(u_spec, rownames = genes, colnames = out_cells)
+    }
     object <- .add_expression(object, name, u, layer_name)
   }
   object <- .add_embedding(object, paste0(name, "_concepts"),
@@ -258,11 +291,63 @@ sccbgm_edit <- function(object, model, set, ..., residual = NULL, cells = NULL, 
   edited <- .frame_from_spec(res$obs, out_cells)
   if (ncol(edited)) colnames(edited) <- paste0(name, "_", colnames(edited))
   object <- .add_meta(object, edited)
-  record <- c(list(set = set, concept_names = concept_names, layer = layer), res$info)
+  record <- c(list(set = set, concept_names = concept_names, layer = layer, file = out), res$info)
   if (length(res$uncertainty_info)) {
     record <- c(record, stats::setNames(res$uncertainty_info, paste0("uncertainty_", names(res$uncertainty_info))))
   }
   .add_record(object, name, record)
+}
+
+# Where a backed edit goes: NULL (in memory) or the .h5ad path (see sccbgm_edit, Details).
+.backed_output <- function(object, backed, out, n_cells, n_genes) {
+  if (!is.null(backed) && !(is.logical(backed) && length(backed) == 1L && !is.na(backed))) {
+    stop("`backed` must be TRUE, FALSE or NULL.", call. = FALSE)
+  }
+  if (!is.null(out)) {
+    .check_string(out, "out", null_ok = FALSE)
+    if (isFALSE(backed)) {
+      stop("`out` writes the edit to a file and returns it HDF5-backed; it cannot be combined ",
+           "with backed = FALSE.", call. = FALSE)
+    }
+    if (file.exists(out)) {
+      stop("'", out, "' exists; remove it or choose another `out` (an edit never overwrites ",
+           "a file).", call. = FALSE)
+    }
+    backed <- TRUE
+  }
+  size <- as.numeric(n_cells) * n_genes
+  if (is.null(backed)) {
+    threshold <- getOption("sccbgm.backed_threshold", 5e7)
+    if (size <= threshold) return(NULL)
+    why <- .backed_problem(object)
+    if (!is.null(why)) {
+      message(sprintf(paste0("sccbgm_edit: the edit (%s cells x %s genes, %.1f GB as an R ",
+                             "matrix) is held in memory: %s."),
+                      format(n_cells, big.mark = ","), format(n_genes, big.mark = ","),
+                      size * 8 / 1e9, why))
+      return(NULL)
+    }
+    backed <- TRUE
+  }
+  if (!backed) return(NULL)
+  why <- .backed_problem(object)
+  if (!is.null(why)) stop("backed = TRUE is not possible: ", why, ".", call. = FALSE)
+  normalizePath(out %||% tempfile("sccbgm-edit-", fileext = ".h5ad"), mustWork = FALSE)
+}
+
+# NULL when `object` can hold an HDF5-backed assay, else why not.
+.backed_problem <- function(object) {
+  if (!requireNamespace("HDF5Array", quietly = TRUE)) {
+    return(paste0("HDF5-backed results need the Bioconductor package HDF5Array (Debian: ",
+                  "apt install r-bioc-hdf5array; else BiocManager::install(\"HDF5Array\"))"))
+  }
+  if (.is_seurat(object) && !.seurat5()) {
+    return(paste0("Seurat 4 assays (SeuratObject ", utils::packageVersion("SeuratObject"),
+                  ") hold in-memory matrices only; SeuratObject >= 5 or a ",
+                  "SingleCellExperiment (Seurat::as.SingleCellExperiment) can hold an ",
+                  "HDF5-backed DelayedArray"))
+  }
+  NULL
 }
 
 #' Concepts and unknown factors of cells

@@ -23,6 +23,7 @@
 
 # genes x cells matrix-like -> matrix spec (cells x genes in Python).
 .matrix_spec <- function(m, what = "matrix") {
+  if (methods::is(m, "DelayedArray")) return(.delayed_matrix_spec(m, what))
   if (methods::is(m, "sparseMatrix")) {
     m <- methods::as(methods::as(methods::as(m, "CsparseMatrix"), "generalMatrix"), "dMatrix")
     return(list(kind = "csr", shape = list(ncol(m), nrow(m)),
@@ -38,6 +39,29 @@
   }
   if (is.logical(m) || (is.integer(m) && anyNA(m))) storage.mode(m) <- "double"
   list(kind = "dense", shape = list(ncol(m), nrow(m)), values = .np1(as.vector(m)))
+}
+
+# A DelayedArray (HDF5Array, TENxMatrix, ... or delayed operations on one) crosses in blocks of
+# consecutive cells, each realised in R as a dgCMatrix and sent as its three slots: R holds one
+# block at a time (at most DelayedArray::getAutoBlockSize() bytes as a dense block, 100 MB by
+# default), never the whole matrix; Python stacks the sparse blocks into one CSR matrix (counts
+# and log-normalised values are mostly zeros). Spec: kind "blocks", shape, blocks = csr specs.
+.delayed_matrix_spec <- function(m, what = "matrix") {
+  if (length(dim(m)) != 2L) stop("the ", what, " must be 2-dimensional.", call. = FALSE)
+  if (!(DelayedArray::type(m) %in% c("double", "integer", "logical"))) {
+    stop("the ", what, " must be numeric, not ", DelayedArray::type(m), ".", call. = FALSE)
+  }
+  n_genes <- nrow(m)
+  n_cells <- ncol(m)
+  per_block <- max(1L, as.integer(DelayedArray::getAutoBlockSize() %/% (8 * max(n_genes, 1L))))
+  starts <- seq(1L, max(n_cells, 1L), by = per_block)
+  blocks <- lapply(starts, function(s) {
+    idx <- s:min(s + per_block - 1L, n_cells)
+    block <- methods::as(m[, idx, drop = FALSE], "dgCMatrix")
+    list(kind = "csr", shape = list(length(idx), n_genes), data = .np1(as.numeric(block@x)),
+         indices = .np1(block@i), indptr = .np1(block@p))
+  })
+  list(kind = "blocks", shape = list(n_cells, n_genes), blocks = blocks)
 }
 
 # one data-frame column -> column spec; NULL (with a warning) for unsupported types.
@@ -118,6 +142,18 @@
   values <- .vec(spec$values)
   if (is.null(values)) values <- double()
   matrix(values, nrow = g, ncol = n, dimnames = dn)
+}
+
+# "h5ad" matrix spec -> genes x cells HDF5-backed DelayedArray over the file's cells x genes X.
+.h5ad_matrix <- function(spec, rownames, colnames) {
+  shape <- as.integer(unlist(spec$shape))
+  m <- HDF5Array::HDF5Array(spec$path, spec$dataset)
+  if (!identical(as.integer(dim(m)), rev(shape))) {
+    stop("the edit written to '", spec$path, "' has dimensions ", paste(dim(m), collapse = " x "),
+         ", expected ", shape[2], " x ", shape[1], ".", call. = FALSE)
+  }
+  dimnames(m) <- list(rownames, colnames)
+  m
 }
 
 # cells x k embedding from a dense matrix spec (Python (n, k) C order).

@@ -217,7 +217,12 @@
 .add_expression <- function(object, name, m, part = NULL) {
   assay_name <- if (is.null(part)) name else paste0(name, "_", part)
   if (.is_seurat(object)) {
-    assay <- .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
+    assay <- if (methods::is(m, "DelayedArray")) {
+      # an HDF5-backed DelayedArray needs a v5 assay (.backed_problem checked SeuratObject >= 5)
+      getExportedValue("SeuratObject", "CreateAssay5Object")(data = m)
+    } else {
+      .new_seurat_assay(data = m, like = object[[SeuratObject::DefaultAssay(object)]])
+    }
     SeuratObject::Key(assay) <- .assay_key(assay_name)
     object[[assay_name]] <- assay
     return(object)

@@ -14,6 +14,8 @@ Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.su
 * ``real`` -- held-out tasks of a prepared real data set (Tables 1/2; :mod:`sccbgm.bench.real`),
   every model, the peers and the field's metrics (R^2 of the mean, Pearson delta, DEG direction,
   E-distance).
+* ``validate`` -- the defaults' validation (issue 12): Kang leave-one-type-out x seeds and two
+  simulator variants, fixed choose / confirm halves (:mod:`sccbgm.bench.validate`).
 
 Each writes ``results.csv`` (every run), ``report.md`` (paper-style tables, mean ± SEM, best
 bolded, floors, and whether the paper's ordering holds) and PNG plots to ``--out``.
@@ -181,6 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     from sccbgm.bench.real import add_parser as add_real_parser
 
     _peer_options(add_real_parser(sub))
+    from sccbgm.bench.validate import add_parser as add_validate_parser
+
+    add_validate_parser(sub)
     args = parser.parse_args(argv)
     scale = getattr(args, "scale", None) or "quick"
     if args.command == "synthetic":
@@ -202,4 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         from sccbgm.bench.real import main_real
 
         main_real(args, **_peer_kwargs(args))
+    elif args.command == "validate":
+        from sccbgm.bench.validate import main_validate
+
+        main_validate(args)
     return 0

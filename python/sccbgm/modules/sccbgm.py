@@ -8,7 +8,8 @@ d_k the width of the known-factor vector the decoder sees (K, or K * m for a CEM
   concepts, identity for continuous ones. Unknown head f_u(z) -> u = ReLU(.) (B, d_u).
 * decoder D with concept skip connections (Eq. 5): h_1 = D_1([u, c]),
   h_l = h_{l-1} + D_l([LN(h_{l-1}), c]) for l = 2..L, x_hat = D_final(h_L).
-* loss (Eq. 6-9): MSE reconstruction + concept_weight * L_concept (Eq. 7, masked, normalised by
+* loss (Eq. 6-9): MSE reconstruction (``reconstruction="mean"``: mean over the D input features;
+  ``"sum"``: summed over them, the scale on which the KL, a sum over d_z, is written) + concept_weight * L_concept (Eq. 7, masked, normalised by
   the number of observed labels) + kl_weight * KL(q(z|x) || N(0, I)) + cross_cov_weight *
   ||Cov(c_hat, u)||_F^2 (Eq. 8, over the minibatch).
 
@@ -40,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sccbgm.distributed import batch_mean, gather_batch
 from sccbgm.errors import SCCBGMError
 from sccbgm.modules._blocks import ResidualBlock, ResidualMLP
 from sccbgm.modules.cbgm import ConceptEmbeddingBottleneck, cosine_penalty, default_embedding_dim
@@ -70,8 +72,11 @@ class SCCBGMConfig:
     variational: bool = True
     bottleneck: Literal["cbm", "cem"] = "cbm"
     concept_embedding_dim: int | None = None
+    reconstruction: Literal["mean", "sum"] = "mean"
 
     def __post_init__(self) -> None:
+        if self.reconstruction not in ("mean", "sum"):
+            raise SCCBGMError(f"reconstruction must be 'mean' or 'sum', not {self.reconstruction!r}.")
         if self.bottleneck not in ("cbm", "cem"):
             raise SCCBGMError(f"bottleneck must be 'cbm' or 'cem', not {self.bottleneck!r}.")
         if self.orthogonality not in ("cross_cov", "cosine", "none"):
@@ -111,7 +116,12 @@ class SCCBGMConfig:
 
 
 def cross_covariance_penalty(c_hat: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar."""
+    """||1/(B-1) (C - 1 mu_c^T)^T (U - 1 mu_u^T)||_F^2 (paper Eq. 8); (B, K), (B, d_u) -> scalar.
+
+    Under DDP training the rows of every rank are gathered first, so B is the global batch
+    (:mod:`sccbgm.distributed`).
+    """
+    c_hat, u = gather_batch(c_hat), gather_batch(u)
     b = c_hat.shape[0]
     cov = (c_hat - c_hat.mean(0)).T @ (u - u.mean(0)) / max(b - 1, 1)
     return (cov**2).sum()
@@ -122,16 +132,16 @@ def masked_concept_loss(
 ) -> torch.Tensor:
     """Paper Eq. 7: per cell, (1 / sum_k m_k) sum_k m_k loss_k (BCE binary, MSE continuous).
 
-    Averaged over the cells with at least one observed label; 0 when none has a label.
+    Averaged over the cells with at least one observed label; 0 when none has a label. Under DDP
+    training the count of such cells is the global batch's (:func:`sccbgm.distributed.batch_mean`).
     """
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     mse = (c_hat - target) ** 2
     per = torch.where(is_binary, bce, mse) * mask
     n_obs = mask.sum(1)
     has = n_obs > 0
-    if not bool(has.any()):
-        return logits.new_zeros(())
-    return (per.sum(1)[has] / n_obs[has]).mean()
+    per_cell = per.sum(1)[has] / n_obs[has]
+    return batch_mean(per_cell.sum(), has.sum())
 
 
 class SkipDecoder(nn.Module):
@@ -159,6 +169,20 @@ class SkipDecoder(nn.Module):
         return self.final(self.out_norm(h))
 
 
+def estimate_unknown_shift(u: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Leakage of the concepts into u: B_u (K, d_u) of the least-squares fit u ~ 1 + c over
+    cells, from u (N, d_u) and labels ``values``/``mask`` (N, K) (missing labels imputed with the
+    observed mean, so they carry no signal). Minimum-norm solution, so one-hot blocks (collinear
+    with the intercept) get identified differences."""
+    v = values.double()
+    m = mask.bool()
+    col_mean = torch.where(m.any(0), (v * m).sum(0) / m.sum(0).clamp(min=1), torch.zeros_like(v[0]))
+    v = torch.where(m, v, col_mean)
+    v = v - v.mean(0)
+    uc = u.double() - u.double().mean(0)
+    return torch.linalg.lstsq(v, uc, driver="gelsd").solution.float()
+
+
 class ConceptBottleneckVAE(nn.Module):
     """scCBGM module: ``forward(batch)`` returns the loss terms (training); :meth:`abduct` and
     :meth:`decode` implement editing."""
@@ -170,6 +194,9 @@ class ConceptBottleneckVAE(nn.Module):
         if len(cfg.is_binary) != cfg.n_concepts:
             raise ValueError("is_binary must have one entry per concept")
         self.register_buffer("is_binary", torch.tensor(cfg.is_binary, dtype=torch.bool))
+        # B_u (K, d_u): least-squares change of u per unit of each concept over the training cells
+        # (set after training by :func:`estimate_unknown_shift`; 0 = no leakage of c into u)
+        self.register_buffer("unknown_shift", torch.zeros(cfg.n_concepts, cfg.unknown_dim))
         self.encoder = ResidualMLP(cfg.in_dim, cfg.hidden_dim, cfg.n_layers, cfg.dropout)
         self.mu_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim)
         self.logvar_head = nn.Linear(cfg.hidden_dim, cfg.latent_dim) if cfg.variational else None
@@ -266,7 +293,10 @@ class ConceptBottleneckVAE(nn.Module):
         bn = self.bottleneck(z)
         known = self.known_factors(bn["concepts"], bn.get("concept_embeddings"))
         x_hat = self.decoder(bn["unknown"], known)
-        terms["reconstruction"] = F.mse_loss(x_hat, x)
+        if cfg.reconstruction == "sum":
+            terms["reconstruction"] = ((x_hat - x) ** 2).sum(1).mean()
+        else:
+            terms["reconstruction"] = F.mse_loss(x_hat, x)
         terms["concept"] = masked_concept_loss(
             bn["logits"], bn["concepts"], batch["concepts"], batch["mask"], self.is_binary
         )

@@ -1,7 +1,8 @@
 """Synthetic single-cell counts with ground-truth counterfactuals (paper section 3, appendix C).
 
 * :func:`simulate` - the overdispersed hierarchical Poisson process of Eq. 40-42, presets
-  ``synthetic1`` / ``synthetic2`` / ``synthetic3`` (Table S1) with sizes scalable down;
+  ``synthetic1`` / ``synthetic2`` / ``synthetic3`` (Table S1) with sizes scalable down, and
+  ``interaction`` (cell-type-specific concept effects, not in the paper);
 * :func:`simulate_counterfactual` - exact counterfactual counts of Eq. 43 (same exogenous
   draws, changed concepts); :func:`true_log_rate` - the ground-truth log lambda;
 * :func:`corrupt_concepts` - noisy concept annotations of C.4;

@@ -137,6 +137,7 @@ class _Record:
     tissue_effect: np.ndarray
     cell_type_effect: np.ndarray
     concept_coef: np.ndarray
+    concept_cell_type_coef: np.ndarray | None = None
 
     @classmethod
     def from_adata(cls, adata: ad.AnnData) -> _Record:
@@ -176,6 +177,10 @@ class _Record:
                 tissue_effect=np.asarray(sim["tissue_effect"], dtype=np.float64),
                 cell_type_effect=np.asarray(sim["cell_type_effect"], dtype=np.float64),
                 concept_coef=np.asarray(sim["concept_coef"], dtype=np.float64),
+                concept_cell_type_coef=(
+                    np.asarray(sim["concept_cell_type_coef"], dtype=np.float64)
+                    if "concept_cell_type_coef" in sim else None
+                ),
             )
         except KeyError as err:
             raise SCCBGMError(
@@ -235,6 +240,8 @@ class _Record:
             active = np.flatnonzero(concepts[:, k])
             if active.size:
                 log_rate[active] += self.concept_coef[k]
+                if self.concept_cell_type_coef is not None:
+                    log_rate[active] += self.concept_cell_type_coef[k][self.cell_type_index[cell_index[active]]]
         return log_rate
 
 
@@ -252,7 +259,8 @@ def simulate(
 
     Args:
         preset: ``"synthetic1"`` (baseline), ``"synthetic2"`` (noise sd 0.08) or
-            ``"synthetic3"`` (concept sd 0.02).
+            ``"synthetic3"`` (concept sd 0.02), or ``"interaction"`` (synthetic1 with
+            cell-type-specific concept effects, ``concept_cell_type_sd=0.08``; not in the paper).
         n_cells, n_genes, n_concepts: size overrides (paper: 20,000 / 5,000 / 5).
         seed: non-negative integer; the same seed and parameters give identical data.
         **overrides: any other :class:`SimulationParams` field, e.g. ``noise_sd=0.05``.
@@ -273,7 +281,8 @@ def simulate(
           l_i (N), ``concepts`` v (N, K, int8; the true activations, whatever the obs columns
           later say); per gene ``baseline`` w (G), ``batch_effect`` gamma (B, G),
           ``tissue_effect`` tau (T, G), ``cell_type_effect`` omega (U, G), ``concept_coef``
-          c (K, G); priors ``zero_inflation`` pi (K), ``library_sd`` sigma_b (B),
+          c (K, G) and, with ``concept_cell_type_sd`` > 0 only, ``concept_cell_type_coef``
+          (K, U, G), the cell-type-specific part of each concept's effect; priors ``zero_inflation`` pi (K), ``library_sd`` sigma_b (B),
           ``batch_proportions`` (B), ``tissue_proportions`` (B, T, rows: batch),
           ``cell_type_proportions`` (T, U, rows: tissue), ``concept_probability`` (U, K,
           rows: cell type). eps and delta are regenerated from ``seed`` (module docstring).
@@ -336,7 +345,15 @@ def _draw(params: SimulationParams, seed: int) -> dict[str, Any]:
     library_size = rng.normal(0.0, library_sd[batch_index])
     concepts = (rng.random((n_c, n_k)) < concept_probability[cell_type_index]).astype(np.int8)
 
+    extra: dict[str, Any] = {}
+    if p.concept_cell_type_sd > 0:
+        # own stream (4,): the paper's draws above stay identical with and without the interaction
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,)))
+        interaction = rng.normal(0.0, p.concept_cell_type_sd, size=(n_k, n_u, n_g))
+        extra["concept_cell_type_coef"] = np.where(is_zero[:, None, :], 0.0, interaction)
+
     return {
+        **extra,
         "format": FORMAT,
         "seed": seed,
         "params": params.as_dict(),
