@@ -687,6 +687,7 @@ def evaluate(
     reference: Any = None,
     *,
     true_counterfactual: Any = None,
+    control: Any = None,
     options: Mapping[str, Any] | None = None,
 ) -> Spec:
     """:func:`sccbgm.evaluate` on AnnData specs (or AnnData objects).
@@ -707,6 +708,7 @@ def evaluate(
         _cells_input(target),
         reference=_cells_input(reference),
         true_counterfactual=_cells_input(true_counterfactual),
+        control=_cells_input(control),
         **kwargs,
     )
     table = pd.DataFrame(table)
