@@ -57,14 +57,17 @@ def get_matrix(adata: Any, layer: str | None) -> Any:
 def take_rows(matrix: Any, rows: np.ndarray | slice) -> Any:
     """``matrix[rows]`` for any row order, also on backed (h5py) matrices.
 
-    HDF5 reads need increasing, unique indices; an index array that is not is read sorted and
-    unique, then put back in the asked order (duplicates repeated). Sparse stays sparse.
+    A run of consecutive rows is read as one slice; HDF5 reads need increasing, unique indices,
+    so an index array that is not is read sorted and unique, then put back in the asked order
+    (duplicates repeated). Sparse stays sparse.
     """
     if isinstance(rows, slice):
         return matrix[rows]
     rows = np.asarray(rows)
     if rows.dtype == bool:
         rows = np.flatnonzero(rows)
+    if rows.size > 1 and rows[-1] - rows[0] + 1 == rows.size and (np.diff(rows) == 1).all():
+        return matrix[int(rows[0]) : int(rows[-1]) + 1]
     if rows.size <= 1 or np.all(np.diff(rows) > 0):
         return matrix[rows]
     uniq, inverse = np.unique(rows, return_inverse=True)

@@ -379,6 +379,7 @@ def edit(
     n_steps: int | None = None,
     count_edit: str | None = "auto",
     shift_unknown: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -428,6 +429,12 @@ def edit(
         the edited concepts on the training cells (a linear correction of concept leakage into
         u, stored at fit time). False: u is kept as abducted (the paper). None (default): True
         (chosen on held-out cells, docs/validation.md).
+    out
+        Path of an ``.h5ad`` to stream the result to, chunk by chunk (memory independent of the
+        number of cells; a backed input, ``anndata.read_h5ad(path, backed="r")``, is read in
+        sorted chunks). The file's ``X`` is a dense float32 HDF5 dataset (n_cells, n_genes)
+        chunked by rows; obs / var / obsm / uns are those of the in-memory result. The input
+        file cannot be the output. Returns the result opened backed (``backed="r"``).
 
     Returns
     -------
@@ -438,7 +445,8 @@ def edit(
     factors (u; z for CVAE models; width 0 for vanilla FM); flow models add ``X_noise`` (n, D),
     the noise y_0 the flow decoded. uns ``sccbgm_edit`` records the edit (``mode``: "abduction"
     for autoencoders; flows add ``solver``, ``n_steps`` and, for decode, ``seed``). The input is
-    never modified.
+    never modified. With ``out``: the same, read back backed from that file (ensemble layers
+    included).
 
     An ensemble (``sccbgm.fit(..., n_members=K)``, K > 1) edits with every member: X = the mean
     of the members' edited expression (clipped at 0; with the count-space edit, one count edit
@@ -458,6 +466,7 @@ def edit(
         return edit_cells(
             model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
             count_edit=count_edit, shift_unknown=shift_unknown,
+            out=out,
         )
 
 

@@ -46,7 +46,6 @@ comes back as one), ``NaN`` in object (string) columns and code -1 in categorica
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -545,15 +544,7 @@ def edit(
     import anndata as ad
 
     out = os.fspath(os.path.expanduser(str(out)))
-    if "out" in inspect.signature(api.edit).parameters:
-        written = api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
-    else:  # until sccbgm.edit(..., out=) lands (issue 11): the stand-in, same file layout
-        from sccbgm.editing import write_edit_h5ad
-        from sccbgm.train import torch_threads
-
-        api._check_model(model)
-        with torch_threads(None):
-            written = write_edit_h5ad(model, adata, set_, out, cells=_cells_arg(cells), **kwargs)
+    written = api.edit(model, adata, set_, cells=_cells_arg(cells), out=out, **kwargs)
     del adata
     if not getattr(written, "isbacked", False):
         written = ad.read_h5ad(out, backed="r")
@@ -696,6 +687,7 @@ def evaluate(
     reference: Any = None,
     *,
     true_counterfactual: Any = None,
+    control: Any = None,
     options: Mapping[str, Any] | None = None,
 ) -> Spec:
     """:func:`sccbgm.evaluate` on AnnData specs (or AnnData objects).
@@ -716,6 +708,7 @@ def evaluate(
         _cells_input(target),
         reference=_cells_input(reference),
         true_counterfactual=_cells_input(true_counterfactual),
+        control=_cells_input(control),
         **kwargs,
     )
     table = pd.DataFrame(table)

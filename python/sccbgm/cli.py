@@ -177,11 +177,11 @@ def _check_output(out: str, inputs: list[Path], overwrite: bool, *, folder: bool
     return p
 
 
-def _read_h5ad(path: Path) -> Any:
+def _read_h5ad(path: Path, *, backed: bool = False) -> Any:
     import anndata as ad
 
     try:
-        return ad.read_h5ad(path)
+        return ad.read_h5ad(path, backed="r" if backed else None)
     except Exception as err:  # noqa: BLE001 (any reader failure is a bad input file)
         raise UsageError(f"cannot read {str(path)!r} as an .h5ad file ({type(err).__name__}: {err}).") from None
 
@@ -438,10 +438,14 @@ def _run(argv: list[str]) -> int:
         import sccbgm
 
         model = sccbgm.load(model_path)
-        edited = sccbgm.edit(model, _read_h5ad(data), set_, layer=args.layer,
-                             residual=False if args.decoder_output else None)
-        _write_h5ad_atomic(edited, out)
-        print(f"edited {edited.n_obs} cells; wrote {out}")
+        source = _read_h5ad(data, backed=True)  # read in sorted chunks, written chunk by chunk
+        try:
+            edited = sccbgm.edit(model, source, set_, layer=args.layer,
+                                 residual=False if args.decoder_output else None, out=out)
+            print(f"edited {edited.n_obs} cells; wrote {out}")
+            edited.file.close()
+        finally:
+            source.file.close()
     elif args.command in ("validate", "sweep", "search"):
         _run_tool(args)
     return 0

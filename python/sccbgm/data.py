@@ -240,6 +240,17 @@ class InputTransform:
             return features @ self.components + self.mean
         return features
 
+    def shift_to_genes(self, shift: np.ndarray) -> np.ndarray:
+        """A change in model space (n, n_features) -> the same change in gene space (n, G), float32.
+
+        Linear part of :meth:`to_genes` only (the mean cancels in a difference); float32 because
+        edits are stored as float32.
+        """
+        shift = np.asarray(shift, dtype=np.float32)
+        if self.representation == "pca":
+            return shift @ self.components.astype(np.float32)
+        return shift.copy()
+
     def iter_chunks(self, matrix: Any, rows: np.ndarray) -> Iterator[tuple[np.ndarray, Any]]:
         """Yield (row indices, log-normalised block) over ``rows`` in chunks of :func:`chunk_rows`.
 

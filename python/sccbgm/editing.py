@@ -41,21 +41,29 @@ flows keep u as abducted. Chosen on the choose half of
 leave-one-type-out tasks the additive edit was worse than no edit on 4 of 7 types in the issue's
 z-scored space, the count-space edit beat no edit on all 7; the residual output is kept over the
 decoder output, which is 20-70 times worse cell by cell on the simulator.
+
+Cells are read, edited and written in chunks of :func:`sccbgm.data.chunk_rows` cells (bounded
+cells x genes); a backed input is read in sorted row order. With ``out=path`` the result is
+written chunk by chunk to an ``.h5ad`` (:class:`H5adSink`), so memory does not grow with the
+number of cells beyond a few numbers per cell (obs, concepts, unknown factors).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from sccbgm.access import lognormalise, select_cells
 from sccbgm.data import (
     CHUNK,
     check_values,
-    dense_rows,
+    chunk_rows,
     get_matrix,
     matrix_bytes,
     require_memory,
@@ -63,7 +71,7 @@ from sccbgm.data import (
 )
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
-from sccbgm.uncertainty import LAYERS, edit_metadata, interval_half_width
+from sccbgm.uncertainty import edit_metadata, interval_half_width
 
 RATE_EPS = 0.1
 """eps of the count-space rate ratio, in normalised counts (0.1 of a count at ``target_sum``)."""
@@ -176,12 +184,11 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     import anndata as ad
 
     rows = select_cells(adata, cells)
-    sub = model_matrix(model, adata, rows, layer)
     tr = model.transform
     parts: dict[str, list[np.ndarray]] = {"concepts": [], "concepts_sd": [], "unknown": [], "latent": []}
     members = [model.member(m) for m in range(model.n_members)]
-    for _, block in tr.iter_chunks(sub, np.arange(sub.shape[0])):
-        feats = tr.features(block)
+    for _, raw in read_chunks(model, adata, rows, layer):
+        feats = tr.features(tr.lognorm(raw))
         outs = [_abduct(member, feats) for member in members]
         chats = np.stack([o["concepts"] for o in outs])
         parts["concepts"].append(chats.mean(axis=0))
@@ -206,6 +213,121 @@ def encode_cells(model: Model, adata: Any, *, layer: str | None = None, cells: A
     return enc
 
 
+def read_chunks(
+    model: Model, adata: Any, rows: np.ndarray, layer: str | None
+) -> Iterator[tuple[slice, Any]]:
+    """Yield (positions in ``rows``, raw block of those cells x model genes) in chunks.
+
+    Each chunk is read by :func:`sccbgm.access.take_rows` (one row slice when its cells are
+    consecutive, else sorted unique rows, what backed HDF5 needs, put back in the order of
+    ``rows``). Values are validated per chunk; a counts model refuses non-integer data.
+    """
+    matrix = get_matrix(adata, layer)
+    cols = align_genes(adata, model.genes)
+    step = chunk_rows(len(model.genes) if cols is None else max(len(model.genes), matrix.shape[1]))
+    for s in range(0, rows.size, step):
+        pos = slice(s, min(s + step, rows.size))
+        block = take_rows(matrix, rows[pos])
+        if cols is not None:
+            block = block[:, cols]
+        if not sp.issparse(block):
+            block = np.asarray(block)
+        is_int = check_values(block)
+        if model.transform.input_kind == "counts" and not is_int:
+            raise SCCBGMError(
+                "the model was trained on raw counts but these data are not integer counts; pass the "
+                "counts (e.g. `layer='counts'`)."
+            )
+        yield pos, block
+
+
+class MemorySink:
+    """Collects the per-cell outputs of an edit into in-memory arrays (n, width) float32."""
+
+    def __init__(self, n_cells: int) -> None:
+        self.n_cells = n_cells
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def put(self, name: str, pos: slice, values: np.ndarray) -> None:
+        if name not in self.arrays:
+            self.arrays[name] = np.empty((self.n_cells, values.shape[1]), dtype=np.float32)
+        self.arrays[name][pos] = values
+
+
+class H5adSink(MemorySink):
+    """Writes an edit to an ``.h5ad`` chunk by chunk (the on-disk contract of ``edit(out=)``).
+
+    ``X`` is a dense float32 HDF5 dataset (n_cells, n_genes), chunked by rows (about 1 MiB per
+    HDF5 chunk), and each obsm array a float32 dataset; :meth:`finish` adds obs / var / uns and
+    the empty layers / obsp / varm / varp with anndata's own writer. The file is written under a
+    temporary name next to ``path`` and renamed into place at the end, so a failed edit leaves
+    no partial file.
+    """
+
+    def __init__(self, n_cells: int, path: str | os.PathLike[str]) -> None:
+        import h5py
+
+        super().__init__(n_cells)
+        self.path = Path(path)
+        if self.path.suffix != ".h5ad":
+            raise SCCBGMError(f"out must be an .h5ad path, not {str(path)!r}.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.partial")
+        self.file = h5py.File(self.tmp, "w")
+        self.datasets: dict[str, Any] = {}
+
+    def put(self, name: str, pos: slice, values: np.ndarray) -> None:
+        if name not in self.datasets:
+            width = int(values.shape[1])
+            if name == "X":
+                group, key = self.file, "X"
+            elif name.startswith("layers/"):
+                group, key = self.file.require_group("layers"), name[len("layers/"):]
+            else:
+                group, key = self.file.require_group("obsm"), name
+            rows = max(1, min(self.n_cells, (1 << 18) // max(width, 1)))
+            ds = group.create_dataset(
+                key, shape=(self.n_cells, width), dtype="float32", chunks=(rows, width) if width else None
+            )
+            ds.attrs["encoding-type"] = "array"
+            ds.attrs["encoding-version"] = "0.2.0"
+            self.datasets[name] = ds
+        self.datasets[name][pos] = np.asarray(values, dtype=np.float32)
+
+    def finish(self, obs: pd.DataFrame, var: pd.DataFrame, uns: dict[str, Any]) -> Any:
+        """Complete the file, move it into place and return it opened backed ("r")."""
+        import anndata as ad
+        from anndata.io import write_elem
+
+        f = self.file
+        f.attrs["encoding-type"] = "anndata"
+        f.attrs["encoding-version"] = "0.1.0"
+        for name in ("obsm", "layers"):
+            group = f.require_group(name)
+            group.attrs["encoding-type"], group.attrs["encoding-version"] = "dict", "0.1.0"
+        write_elem(f, "obs", obs)
+        write_elem(f, "var", var)
+        write_elem(f, "uns", uns)
+        for key in ("obsp", "varm", "varp"):
+            write_elem(f, key, {})
+        f.close()
+        os.replace(self.tmp, self.path)
+        return ad.read_h5ad(self.path, backed="r")
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def _check_out(adata: Any, out: str | os.PathLike[str]) -> None:
+    """Refuse to write the edit over the input file."""
+    src = getattr(adata, "filename", None)
+    if src is not None and Path(out).resolve() == Path(src).resolve():
+        raise SCCBGMError(f"out={str(out)!r} is the input file; write the edit to a new file.")
+
+
 def edit_cells(
     model: Model,
     adata: Any,
@@ -219,6 +341,7 @@ def edit_cells(
     n_steps: int | None = None,
     count_edit: str | None = "auto",
     shift_unknown: bool | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
@@ -246,7 +369,6 @@ def edit_cells(
     predictors = _member_predictors(model, mode, flow_seed, n_steps, shift_unknown)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
-    sub = model_matrix(model, adata, rows, layer, output_genes=len(model.genes))
     n = rows.size
     spec, tr = model.spec, model.transform
     target, assigned = spec.target_values(set_, n)
@@ -259,58 +381,6 @@ def edit_cells(
     for sl in spec.slices().values():
         same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
         assigned[same, sl] = False
-
-    n_members = len(predictors)
-    out = np.empty((n, len(tr.genes)), dtype=np.float32)
-    layers = {key: np.empty_like(out) for key in LAYERS} if n_members > 1 else {}
-    half_width = interval_half_width(model)
-    c_fact = np.zeros((n, spec.n_concepts), dtype=np.float32)
-    c_edit = np.zeros_like(c_fact)
-    unknown, noise = [], []
-    for s in range(0, n, CHUNK):
-        sl = slice(s, min(s + CHUNK, n))
-        x_raw = dense_rows(sub, sl)
-        x_log = tr.lognorm(x_raw)
-        feats = tr.features(x_log)
-        mean = np.zeros_like(x_log)
-        sq_dev = np.zeros_like(x_log)
-        log_ratio = np.zeros_like(x_log) if count_edit is not None else None
-        fact_first = None
-        for m, predict in enumerate(predictors):
-            pred = predict(feats, observed[sl], obs_mask[sl], target[sl], assigned[sl],
-                           residual or count_edit is not None)
-            x_new = tr.to_genes(pred.edited)
-            if count_edit is not None:
-                fact = tr.to_genes(pred.factual)
-                # members are combined by their mean log rate ratio, applied once in count space;
-                # each member's own (expected) count edit gives the spread
-                log_ratio += rate_log_ratio(fact, x_new) / n_members
-                fact_first = fact if fact_first is None else fact_first
-                x_new = count_space_edit(x_raw, fact, x_new, tr.target_sum, None, expectation=True)
-            elif residual:
-                x_new = x_log + x_new - tr.to_genes(pred.factual)
-            # Welford: running mean and sum of squared deviations over the members
-            delta = x_new - mean
-            mean += delta / (m + 1)
-            sq_dev += delta * (x_new - mean)
-            c_fact[sl] += pred.concepts_factual / n_members
-            c_edit[sl] += pred.concepts_edited / n_members
-            if m == 0:
-                unknown.append(pred.unknown)
-                if pred.noise is not None:
-                    noise.append(pred.noise)
-        if count_edit is not None:
-            assert fact_first is not None and log_ratio is not None
-            mu_f = np.expm1(np.clip(fact_first, 0.0, None))
-            edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
-            mean = count_space_edit(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
-                                    expectation=count_edit == "mean")
-        out[sl] = np.clip(mean, 0.0, None)
-        if layers:
-            sd = np.sqrt(sq_dev / (n_members - 1))
-            layers["edit_sd"][sl] = sd
-            layers["edit_lower"][sl] = np.clip(mean - half_width * sd, 0.0, None)
-            layers["edit_upper"][sl] = np.clip(mean + half_width * sd, 0.0, None)
 
     new_obs = obs.copy()
     slices = spec.slices()
@@ -325,30 +395,138 @@ def edit_cells(
         else:
             new_obs[name] = values
     var = adata.var.loc[model.genes].copy() if set(model.genes) <= set(adata.var_names) else None
-    edited = ad.AnnData(X=out, obs=new_obs, var=var if var is not None else pd.DataFrame(index=model.genes))
-    edited.layers.update(layers)
-    edited.obsm["X_concepts_factual"] = c_fact
-    edited.obsm["X_concepts_edited"] = c_edit
-    edited.obsm["X_unknown"] = np.concatenate(unknown).astype(np.float32)
-    if noise:
-        edited.obsm["X_noise"] = np.concatenate(noise).astype(np.float32)
-    edited.uns["sccbgm_edit"] = {
-        "model": model.name,
-        "concept_names": model.concept_names,
-        "set": {k: _jsonable(v) for k, v in set_.items()},
-        "residual": residual,
-        "count_edit": count_edit or "none",
-        "shift_unknown": bool(shift_unknown),
-        "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
-        "target_sum": tr.target_sum,
-        **predictors[0].metadata(),
-    }
-    if n_members > 1:
-        edited.uns["sccbgm_edit"]["n_members"] = n_members
-        if predictors[0].seed is not None:
-            edited.uns["sccbgm_edit"]["member_seeds"] = [p.seed for p in predictors]
-        edited.uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model)
+    if var is None:
+        var = pd.DataFrame(index=model.genes)
+    n_members = len(predictors)
+    half_width = interval_half_width(model)
+    if out is not None:
+        _check_out(adata, out)
+    g = len(model.genes)
+    require_memory(
+        min(n, chunk_rows(g)) * g * 8 * 8 + (0 if out is not None else n * g * 4 * (4 if n_members > 1 else 1)),
+        f"processing {n:,} cells x {g:,} genes" + (" in memory" if out is None else ""),
+        "write the result to a file with `out=` (streamed: memory independent of the number of cells), "
+        "or process fewer cells per call (`cells=`)",
+    )
+    from tqdm.auto import tqdm
+
+    sink: MemorySink = MemorySink(n) if out is None else H5adSink(n, out)
+    bar = tqdm(total=n, desc="edit", unit="cells", disable=None, leave=False)  # shown on a terminal only
+    try:
+        for pos, raw in read_chunks(model, adata, rows, layer):
+            bar.update(pos.stop - pos.start)
+            args = (observed[pos], obs_mask[pos], target[pos], assigned[pos])
+            if n_members == 1 and count_edit is None:
+                _edit_chunk_additive(sink, pos, tr, predictors[0], raw, args, residual)
+            else:
+                _edit_chunk_members(sink, pos, tr, predictors, raw, args, residual, count_edit, count_rng,
+                                    half_width)
+        uns = {
+            "sccbgm_edit": {
+                "model": model.name,
+                "concept_names": model.concept_names,
+                "set": {k: _jsonable(v) for k, v in set_.items()},
+                "residual": residual,
+                "count_edit": count_edit or "none",
+                "shift_unknown": bool(shift_unknown),
+                "expression": "log1p-normalised" if tr.input_kind == "counts" else "input scale (log-normalised)",
+                "target_sum": tr.target_sum,
+                **predictors[0].metadata(),
+            }
+        }
+        if n_members > 1:
+            uns["sccbgm_edit"]["n_members"] = n_members
+            if predictors[0].seed is not None:
+                uns["sccbgm_edit"]["member_seeds"] = [p.seed for p in predictors]
+            uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model)
+        if isinstance(sink, H5adSink):
+            return sink.finish(new_obs, var, uns)
+    except BaseException:
+        if isinstance(sink, H5adSink):
+            sink.abort()
+        raise
+    finally:
+        bar.close()
+    arrays = sink.arrays
+    edited = ad.AnnData(X=arrays.pop("X"), obs=new_obs, var=var)
+    for key, value in arrays.items():
+        if key.startswith("layers/"):
+            edited.layers[key[len("layers/"):]] = value
+        else:
+            edited.obsm[key] = value
+    edited.uns.update(uns)
     return edited
+
+
+def _edit_chunk_additive(sink: MemorySink, pos: slice, tr: Any, predict: Any, raw: Any, args: tuple, residual: bool) -> None:
+    """One model, additive edit: x + (x_hat' - x_hat) W in float32 (the mean of T^-1 cancels),
+    the sparse cells added in place; or the decoder output."""
+    x_log = tr.lognorm(raw)
+    pred = predict(tr.features(x_log), *args, residual)
+    if residual:
+        x_new = tr.shift_to_genes(pred.edited - pred.factual)
+        _add_into(x_new, x_log)
+    else:
+        x_new = tr.to_genes(pred.edited).astype(np.float32)
+    sink.put("X", pos, np.clip(x_new, 0.0, None, out=x_new))
+    sink.put("X_concepts_factual", pos, pred.concepts_factual)
+    sink.put("X_concepts_edited", pos, pred.concepts_edited)
+    sink.put("X_unknown", pos, pred.unknown)
+    if pred.noise is not None:
+        sink.put("X_noise", pos, pred.noise)
+
+
+def _edit_chunk_members(
+    sink: MemorySink, pos: slice, tr: Any, predictors: list[Any], raw: Any, args: tuple, residual: bool,
+    count_edit: str | None, count_rng: Any, half_width: float,
+) -> None:
+    """Ensemble members and / or the count-space edit on one (dense) chunk (module docstring)."""
+    n_members = len(predictors)
+    x_raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
+    x_raw = np.asarray(x_raw, dtype=np.float64)
+    x_log = tr.lognorm(x_raw)
+    feats = tr.features(x_log)
+    mean = np.zeros_like(x_log)
+    sq_dev = np.zeros_like(x_log)
+    log_ratio = np.zeros_like(x_log) if count_edit is not None else None
+    fact_first = None
+    c_fact = c_edit = None
+    for m, predict in enumerate(predictors):
+        pred = predict(feats, *args, residual or count_edit is not None)
+        x_new = tr.to_genes(pred.edited)
+        if count_edit is not None:
+            fact = tr.to_genes(pred.factual)
+            # members are combined by their mean log rate ratio, applied once in count space;
+            # each member's own (expected) count edit gives the spread
+            log_ratio += rate_log_ratio(fact, x_new) / n_members
+            fact_first = fact if fact_first is None else fact_first
+            x_new = count_space_edit(x_raw, fact, x_new, tr.target_sum, None, expectation=True)
+        elif residual:
+            x_new = x_log + x_new - tr.to_genes(pred.factual)
+        # Welford: running mean and sum of squared deviations over the members
+        delta = x_new - mean
+        mean += delta / (m + 1)
+        sq_dev += delta * (x_new - mean)
+        c_fact = pred.concepts_factual / n_members + (0 if c_fact is None else c_fact)
+        c_edit = pred.concepts_edited / n_members + (0 if c_edit is None else c_edit)
+        if m == 0:
+            sink.put("X_unknown", pos, pred.unknown)
+            if pred.noise is not None:
+                sink.put("X_noise", pos, pred.noise)
+    if count_edit is not None:
+        assert fact_first is not None and log_ratio is not None
+        mu_f = np.expm1(np.clip(fact_first, 0.0, None))
+        edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
+        mean = count_space_edit(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
+                                expectation=count_edit == "mean")
+    sink.put("X", pos, np.clip(mean, 0.0, None))
+    sink.put("X_concepts_factual", pos, c_fact)
+    sink.put("X_concepts_edited", pos, c_edit)
+    if n_members > 1:
+        sd = np.sqrt(sq_dev / (n_members - 1))
+        sink.put("layers/edit_sd", pos, sd)
+        sink.put("layers/edit_lower", pos, np.clip(mean - half_width * sd, 0.0, None))
+        sink.put("layers/edit_upper", pos, np.clip(mean + half_width * sd, 0.0, None))
 
 
 def _member_predictors(
@@ -366,6 +544,16 @@ def _member_predictors(
     return [first, *others]
 
 
+def _add_into(dense: np.ndarray, other: Any) -> None:
+    """``dense += other`` in place for a dense or CSR ``other`` (never densifies ``other``)."""
+    if sp.issparse(other):
+        other = sp.csr_matrix(other)
+        rows = np.repeat(np.arange(other.shape[0]), np.diff(other.indptr))
+        dense[rows, other.indices] += other.data
+    else:
+        dense += other
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)):
         return value
@@ -373,63 +561,3 @@ def _jsonable(value: Any) -> Any:
     if arr.ndim == 0:
         return arr.item()
     return f"per-cell array ({arr.size} values)"
-
-
-def write_edit_h5ad(model: Model, adata: Any, set_: Mapping[str, Any], out: str, *, cells: Any = None,
-                    chunk_cells: int = CHUNK, **options: Any) -> Any:
-    """Stand-in for ``sccbgm.edit(..., out=path)`` (issue 11) until that lands; drop it then.
-
-    Edits the selected cells in chunks of ``chunk_cells`` with :func:`edit_cells` and writes the
-    result to the .h5ad ``out``: X (and any uncertainty layer) a dense float32 HDF5 dataset
-    (n_cells, n_genes) chunked by rows, written chunk by chunk; obs / var / obsm / uns by anndata's
-    writer at the end (small). Written under a temporary name, then renamed. Per-cell ``set``
-    values are split with the cells; a flow model in ``mode="decode"`` draws its noise per chunk.
-    Returns the file opened backed.
-    """
-    import os
-
-    import anndata as ad
-    import h5py
-    from anndata.io import write_elem
-
-    rows = select_cells(adata, cells)
-    n, g = rows.size, len(model.genes)
-    row_chunk = int(max(1, min(n, (1 << 20) // (4 * g))))
-    tmp = f"{out}.tmp-{os.getpid()}"
-    obs, obsm, first = [], {}, None
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["encoding-type"], f.attrs["encoding-version"] = "anndata", "0.1.0"
-            datasets: dict[str, Any] = {}
-            for s in range(0, n, chunk_cells):
-                part_rows = rows[s : s + chunk_cells]
-                part_set = {k: (np.asarray(v)[s : s + chunk_cells] if np.ndim(v) and len(v) == n else v)
-                            for k, v in set_.items()}
-                part = edit_cells(model, adata, part_set, cells=part_rows, **options)
-                for key, values in [("X", part.X), *((f"layers/{k}", v) for k, v in part.layers.items())]:
-                    if key not in datasets:
-                        datasets[key] = f.create_dataset(key, shape=(n, g), dtype="float32", chunks=(row_chunk, g))
-                        datasets[key].attrs["encoding-type"] = "array"
-                        datasets[key].attrs["encoding-version"] = "0.2.0"
-                    datasets[key][s : s + part_rows.size] = np.asarray(values, dtype=np.float32)
-                obs.append(part.obs)
-                for k, v in part.obsm.items():
-                    obsm.setdefault(k, []).append(np.asarray(v))
-                first = first if first is not None else part
-            assert first is not None
-            uns = dict(first.uns)
-            uns["sccbgm_edit"] = dict(uns["sccbgm_edit"], set={k: _jsonable(v) for k, v in set_.items()})
-            write_elem(f, "obs", pd.concat(obs))
-            write_elem(f, "var", first.var)
-            write_elem(f, "obsm", {k: np.concatenate(v) for k, v in obsm.items()})
-            write_elem(f, "uns", uns)
-            if "layers" not in f:
-                write_elem(f, "layers", {})
-            for key in ("obsp", "varm", "varp"):
-                write_elem(f, key, {})
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return ad.read_h5ad(out, backed="r")

@@ -19,7 +19,8 @@ Subsampling rule (``max_cells``, MMD and Sinkhorn only): a set with more than ``
 cells is replaced by ``max_cells`` of its cells drawn uniformly without replacement with a fresh
 ``numpy.random.default_rng(seed)``; the draw therefore depends only on ``seed`` and the set's
 size, so a set compared with itself keeps the same cells. ``max_cells=None`` uses every cell.
-MMD is then still exact and memory-bounded (kernel sums are accumulated over blocks of
+The draw is taken before any conversion: a sparse set is densified only for the drawn cells
+(the target-derived scales use all cells of ``y``, computed sparse). MMD is then still exact and memory-bounded (kernel sums are accumulated over blocks of
 ``chunk_size`` x ``chunk_size`` cells); Sinkhorn builds dense ``n x m`` matrices (about
 ``3 * 8 * n * m`` bytes), which is why it subsamples by default.
 
@@ -96,24 +97,57 @@ class _Transformer(Protocol):
 # input checks and helpers
 
 
-def _points(x: Matrix, name: str) -> NDArray[np.float64]:
-    """``x`` as a dense float64 ``(n_cells, n_features)`` array; raise on empty, 1-D or NaN."""
+def _points(
+    x: Matrix, name: str, max_cells: int | None = None, seed: int = 0
+) -> NDArray[np.float64]:
+    """``x`` as a dense float64 ``(n_cells, n_features)`` array; raise on empty, 1-D or NaN.
+
+    With ``max_cells``, the rows of :func:`_subsample_rows` are taken *before* the conversion,
+    so a large (sparse) input is densified only for the drawn cells; the NaN check covers every
+    cell (on the non-zeros of a sparse input).
+    """
     if sp.issparse(x):
-        x = x.toarray()
+        x = sp.csr_matrix(x)
+        _check_shape(x.shape, name)
+        if not np.isfinite(x.data).all():
+            raise SCCBGMError(f"{name} contains NaN or infinite values")
+        rows = _subsample_rows(x.shape[0], max_cells, seed)
+        return np.asarray((x if rows is None else x[rows]).toarray(), dtype=np.float64)
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        arr = np.asarray(x)
+        rows = _subsample_rows(arr.shape[0], max_cells, seed) if arr.ndim == 2 else None
+        if rows is not None:
+            if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                raise SCCBGMError(f"{name} contains NaN or infinite values")
+            arr = arr[rows]
+        arr = np.asarray(arr, dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise SCCBGMError(f"{name} must be a numeric (n_cells, n_features) array: {err}") from err
-    if arr.ndim != 2:
-        raise SCCBGMError(
-            f"{name} must be a 2-D (n_cells, n_features) array, got shape {arr.shape}; "
-            "reshape a single feature with x.reshape(-1, 1)"
-        )
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise SCCBGMError(f"{name} is empty (shape {arr.shape}); it needs cells and features")
+    _check_shape(arr.shape, name)
     if not np.isfinite(arr).all():
         raise SCCBGMError(f"{name} contains NaN or infinite values")
     return arr
+
+
+def _check_shape(shape: tuple[int, ...], name: str) -> None:
+    if len(shape) != 2:
+        raise SCCBGMError(
+            f"{name} must be a 2-D (n_cells, n_features) array, got shape {shape}; "
+            "reshape a single feature with x.reshape(-1, 1)"
+        )
+    if shape[0] == 0 or shape[1] == 0:
+        raise SCCBGMError(f"{name} is empty (shape {shape}); it needs cells and features")
+
+
+def _checked(x: Matrix, name: str) -> Any:
+    """``x`` validated like :func:`_points` but not densified: CSR float64 if sparse, else dense."""
+    if sp.issparse(x):
+        x = sp.csr_matrix(x, dtype=np.float64)
+        _check_shape(x.shape, name)
+        if not np.isfinite(x.data).all():
+            raise SCCBGMError(f"{name} contains NaN or infinite values")
+        return x
+    return _points(x, name)
 
 
 def _same_features(x: NDArray, y: NDArray, names: tuple[str, str] = ("x", "y")) -> None:
@@ -129,12 +163,12 @@ def _check_max_cells(max_cells: int | None) -> None:
         raise SCCBGMError(f"max_cells must be an integer >= 2 or None, got {max_cells!r}")
 
 
-def _subsample(x: NDArray, max_cells: int | None, seed: int) -> NDArray:
-    """At most ``max_cells`` rows of ``x``, uniform without replacement, ``default_rng(seed)``."""
-    if max_cells is None or x.shape[0] <= max_cells:
-        return x
-    idx = np.random.default_rng(seed).choice(x.shape[0], size=max_cells, replace=False)
-    return x[np.sort(idx)]
+def _subsample_rows(n: int, max_cells: int | None, seed: int) -> NDArray | None:
+    """Sorted indices of ``max_cells`` of ``n`` rows, uniform without replacement with
+    ``default_rng(seed)``; None when every row is kept."""
+    if max_cells is None or n <= max_cells:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_cells, replace=False))
 
 
 def _sq_dists(a: NDArray, b: NDArray, a_sq: NDArray, b_sq: NDArray) -> NDArray:
@@ -184,18 +218,25 @@ def median_bandwidth(y: Matrix, *, seed: int = 0) -> float:
     :data:`MEDIAN_MAX_CELLS` cells drawn with ``default_rng(seed)``), in the units of ``y``.
     Returns 0.0 when ``y`` has fewer than two distinct cells.
     """
-    pts = _subsample(_points(y, "y"), MEDIAN_MAX_CELLS, seed)
+    pts = _points(y, "y", MEDIAN_MAX_CELLS, seed)
     if pts.shape[0] < 2:
         return 0.0
     return float(np.median(pdist(pts)))
 
 
-def _resolve_bandwidth(x: NDArray, y: NDArray, bandwidth: float | None, seed: int) -> float:
+def _stack(x: Matrix, y: Matrix) -> Any:
+    """Cells of ``x`` then ``y`` (sparse when either is)."""
+    if sp.issparse(x) or sp.issparse(y):
+        return sp.vstack([sp.csr_matrix(x), sp.csr_matrix(y)], format="csr")
+    return np.vstack([x, y])
+
+
+def _resolve_bandwidth(x: Matrix, y: Matrix, bandwidth: float | None, seed: int) -> float:
     if bandwidth is not None:
         return _check_positive(bandwidth, "bandwidth")
     sigma = median_bandwidth(y, seed=seed)
     if sigma == 0.0:
-        sigma = median_bandwidth(np.vstack([x, y]), seed=seed)
+        sigma = median_bandwidth(_stack(x, y), seed=seed)
     return sigma if sigma > 0.0 else 1.0
 
 
@@ -228,13 +269,12 @@ def mmd(
     Returns:
         Squared MMD (unitless, in ``[0, 2]``).
     """
-    xp, yp = _points(x, "x"), _points(y, "y")
-    _same_features(xp, yp)
     _check_max_cells(max_cells)
+    xs, ys = _points(x, "x", max_cells, seed), _points(y, "y", max_cells, seed)
+    _same_features(xs, ys)
     if chunk_size < 1:
         raise SCCBGMError(f"chunk_size must be >= 1, got {chunk_size}")
-    sigma = _resolve_bandwidth(xp, yp, bandwidth, seed)
-    xs, ys = _subsample(xp, max_cells, seed), _subsample(yp, max_cells, seed)
+    sigma = _resolve_bandwidth(x, y, bandwidth, seed)
     gamma = 1.0 / (2.0 * sigma**2)
     n, m = xs.shape[0], ys.shape[0]
     kxx = _kernel_sum(xs, xs, gamma, chunk_size, symmetric=True) / (n * n)
@@ -287,8 +327,12 @@ def sinkhorn_epsilon(y: Matrix, *, relative_epsilon: float = RELATIVE_EPSILON) -
     ``epsilon = relative_epsilon * mean_{i,j} ||y_i - y_j||^2 = relative_epsilon * 2 Tr Cov(y)``
     (covariance with ``1/m``; exact, all cells of ``y``). 0.0 when all cells of ``y`` coincide.
     """
-    yp = _points(y, "y")
+    yp = _checked(y, "y")
     rel = _check_positive(relative_epsilon, "relative_epsilon")
+    if sp.issparse(yp):  # E[y^2] - E[y]^2 per feature, without densifying
+        mean = np.asarray(yp.mean(axis=0)).ravel()
+        var = np.asarray(yp.multiply(yp).mean(axis=0)).ravel() - mean**2
+        return rel * 2.0 * float(np.clip(var, 0.0, None).sum())
     return rel * 2.0 * float(yp.var(axis=0).sum())
 
 
@@ -337,13 +381,13 @@ def _converged(plan: NDArray, a: NDArray, b: NDArray, log_u: NDArray, log_v: NDA
 
 
 def _resolve_epsilon(
-    x: NDArray, y: NDArray, epsilon: float | None, relative_epsilon: float
+    x: Matrix, y: Matrix, epsilon: float | None, relative_epsilon: float
 ) -> float:
     if epsilon is not None:
         return _check_positive(epsilon, "epsilon")
     eps = sinkhorn_epsilon(y, relative_epsilon=relative_epsilon)
     if eps == 0.0:
-        eps = sinkhorn_epsilon(np.vstack([x, y]), relative_epsilon=relative_epsilon)
+        eps = sinkhorn_epsilon(_stack(x, y), relative_epsilon=relative_epsilon)
     return eps
 
 
@@ -379,13 +423,13 @@ def sinkhorn_divergence(
         max_iter, tol: Sinkhorn iteration cap and stopping threshold (POT's ``stopThr``, the L2
             error of the column marginal).
     """
-    xp, yp = _points(x, "x"), _points(y, "y")
-    _same_features(xp, yp)
     _check_max_cells(max_cells)
+    xp, yp = _checked(x, "x"), _checked(y, "y")
+    _same_features(xp, yp)
     eps = _resolve_epsilon(xp, yp, epsilon, relative_epsilon)
     if eps == 0.0:
         return 0.0
-    xs, ys = _subsample(xp, max_cells, seed), _subsample(yp, max_cells, seed)
+    xs, ys = _points(xp, "x", max_cells, seed), _points(yp, "y", max_cells, seed)
     ot_xy = _entropic_ot(xs, ys, eps, max_iter, tol)
     ot_xx = _entropic_ot(xs, xs, eps, max_iter, tol)
     ot_yy = _entropic_ot(ys, ys, eps, max_iter, tol)
@@ -470,7 +514,7 @@ def rmmd(
     ``bandwidth=None`` resolves the default of :func:`mmd` for ``(predicted, target)`` once (the
     median heuristic on the target) and uses it for the numerator and every denominator.
     """
-    pred, tgt = _points(predicted, "predicted"), _points(target, "target")
+    pred, tgt = _checked(predicted, "predicted"), _checked(target, "target")
     _same_features(pred, tgt, ("predicted", "target"))
     sigma = _resolve_bandwidth(pred, tgt, bandwidth, seed)
     return ratio(
@@ -502,7 +546,7 @@ def rsd(
     ``epsilon=None`` resolves the default of :func:`sinkhorn_divergence` for
     ``(predicted, target)`` once (``relative_epsilon`` x the target's mean squared distance).
     """
-    pred, tgt = _points(predicted, "predicted"), _points(target, "target")
+    pred, tgt = _checked(predicted, "predicted"), _checked(target, "target")
     _same_features(pred, tgt, ("predicted", "target"))
     eps = _resolve_epsilon(pred, tgt, epsilon, relative_epsilon)
     if eps == 0.0:

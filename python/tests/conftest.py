@@ -118,4 +118,6 @@ def toy() -> ad.AnnData:
 def toy_model(toy):
     import sccbgm
 
-    return sccbgm.fit(toy[:900].copy(), ["stim", "cell_type"], seed=0, epochs=25, progress=False)
+    # one member: the tests using this fixture are about a single model's behaviour; the default
+    # ensemble (2 members) is tested in test_uncertainty.py, test_tools.py and test_real.py
+    return sccbgm.fit(toy[:900].copy(), ["stim", "cell_type"], seed=0, epochs=25, n_members=1, progress=False)

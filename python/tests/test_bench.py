@@ -136,6 +136,10 @@ def test_tiny_synthetic_run_end_to_end(tmp_path, monkeypatch):
     pca_table = md.split("## Cell-level MSE in PCA space")[1].split("###")[0]
     bold = [line for line in pca_table.splitlines() if "**" in line]
     assert len(bold) == 1 and bold[0].startswith(f"| {best}")
+    field = md.split("## The field's metrics")[1].split("## Peers")[0]
+    assert "| editor | r2_mean | r2_mean_deg | pearson_delta | pearson_delta_deg | deg_dir | edist |" in field
+    assert np.isfinite(table[["r2_mean", "deg_dir", "edist"]].to_numpy()).all()
+    assert "Sampling-noise floor of editors that regenerate cells" in md
     for png in ("errors_synthetic.png", "embedding.png"):
         assert (tmp_path / png).stat().st_size > 1000
 

@@ -142,7 +142,7 @@ def test_fit_and_edit_beyond_available_memory_are_refused(cells, toy_model, monk
         sccbgm.fit(cells, ["stim"], representation="genes", **FAST)
     with pytest.raises(SCCBGMError, match=r"fitting on 120 genes with representation='pca'.*highly_variable_genes"):
         sccbgm.fit(cells, ["stim"], **FAST)
-    with pytest.raises(SCCBGMError, match=r"processing 300 cells x 120 genes needs about \d+ MiB .*`cells=`"):
+    with pytest.raises(SCCBGMError, match=r"processing 300 cells x 120 genes in memory needs about \d+ MiB .*`out=`.*`cells=`"):
         sccbgm.edit(toy_model, cells, {"stim": 1})
     monkeypatch.setenv("SCCBGM_SKIP_MEMORY_CHECK", "1")
     assert sccbgm.edit(toy_model, cells[:5], {"stim": 1}).n_obs == 5

@@ -38,7 +38,7 @@ def test_members_share_transform_and_differ_by_seed(split, ensemble):
     assert not np.allclose(weights[0], weights[1])
     assert all(ensemble.member(m).transform is ensemble.transform for m in range(3))
     # K=1 is today's single model: member 1 of the ensemble is the model fitted with its seed
-    single = sccbgm.fit(split[0], CONCEPTS, seed=3, progress=False, **NET)
+    single = sccbgm.fit(split[0], CONCEPTS, seed=3, n_members=1, progress=False, **NET)
     assert single.n_members == 1 and "uncertainty" not in single.options
     for key, value in single.parts["vae"].state_dict().items():
         np.testing.assert_array_equal(value.numpy(), ensemble.parts["vae"].state_dict()[key].numpy())

@@ -16,6 +16,8 @@ Suites (paper appendix C.5-C.7, D.5-D.8; implementation in :mod:`sccbgm.bench.su
   E-distance).
 * ``validate`` -- the defaults' validation (issue 12): Kang leave-one-type-out x seeds and two
   simulator variants, fixed choose / confirm halves (:mod:`sccbgm.bench.validate`).
+* ``scale`` -- time and peak memory of fit and edit at 10k-1M cells and 20k-30k genes, next to
+  scanpy + a bare torch loop (:mod:`sccbgm.bench.scale`; ``--quick`` for small sizes).
 
 Each writes ``results.csv`` (every run), ``report.md`` (paper-style tables, mean ± SEM, best
 bolded, floors, and whether the paper's ordering holds) and PNG plots to ``--out``.
@@ -181,11 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     me.add_argument("--cells", type=int, default=20000)
     me.add_argument("--features", type=int, default=50)
     from sccbgm.bench.real import add_parser as add_real_parser
+    from sccbgm.bench.scale import add_parser as add_scale_parser
 
     _peer_options(add_real_parser(sub))
     from sccbgm.bench.validate import add_parser as add_validate_parser
 
     add_validate_parser(sub)
+    add_scale_parser(sub)
     args = parser.parse_args(argv)
     scale = getattr(args, "scale", None) or "quick"
     if args.command == "synthetic":
@@ -211,4 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         from sccbgm.bench.validate import main_validate
 
         main_validate(args)
+    elif args.command == "scale":
+        from sccbgm.bench.scale import main_scale
+
+        main_scale(args)
     return 0

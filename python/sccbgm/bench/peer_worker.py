@@ -10,7 +10,12 @@ concept columns), ``cell_type`` (the held-out type), ``epochs`` (None: the peer'
 ``seed``, ``intervene_in_train`` (true when the "intervene" cells are also training cells, as
 the control cells of the held-out type in ``bench real``; false when they are held out),
 ``out`` (h5ad written: the predicted log-normalised expression of the "intervene"
-cells, same order) and ``status`` (JSON written: versions, seconds, notes).
+cells, obs_names = the cell each row predicts, as named by the peer's own output where it names
+them, var_names = the input's genes; the bench realigns rows and genes by these names and checks
+the scale) and ``status`` (JSON written: versions, seconds, notes).
+
+Each runner returns ``(prediction (n, G), obs_names of its rows or None, info)``; None means the
+rows follow the order of the "intervene" cells in the input (CellFlow's population sample).
 
 Each peer is called through its documented default API:
 
@@ -85,8 +90,10 @@ def run_biolord(adata, job):
     model.train(enable_progress_bar=False, enable_checkpointing=False, **kw)
     source = adata[(adata.obs["bench_split"] == "intervene").to_numpy()].copy()
     preds = model.compute_prediction_adata(adata, source, target_attributes=[job["concept"]])
-    edited = _dense(preds[(preds.obs[job["concept"]].astype(str) == "1").to_numpy()].X)
-    return edited, {"version": biolord.__version__, "epochs": kw.get("max_epochs", "default"),
+    target = preds[(preds.obs[job["concept"]].astype(str) == "1").to_numpy()]
+    # biolord names each prediction "<source obs_name>_<target value>"
+    names = [str(n)[: -len("_1")] if str(n).endswith("_1") else str(n) for n in target.obs_names]
+    return _dense(target.X), names, {"version": biolord.__version__, "epochs": kw.get("max_epochs", "default"),
                     "n_train_cells": int(adata.n_obs)}
 
 
@@ -102,7 +109,7 @@ def run_cinemaot(adata, job):
     counterfactual = _dense(ref.X) - _dense(te.X)
     rows = (ref.obs["bench_split"] == "intervene").to_numpy()
     version = getattr(cinemaot, "__version__", "0.0.5")
-    return counterfactual[rows], {"version": version, "n_cells": int(adata.n_obs)}
+    return counterfactual[rows], list(te.obs_names[rows]), {"version": version, "n_cells": int(adata.n_obs)}
 
 
 def run_scgen(adata, job):
@@ -119,7 +126,7 @@ def run_scgen(adata, job):
     kw = {"max_epochs": job["epochs"]} if job.get("epochs") else {}
     model.train(**kw)
     pred, _ = model.predict(ctrl_key="0", stim_key="1", adata_to_predict=intervene)
-    return _dense(pred.X), {"version": scgen.__version__, "scvi_tools": scvi.__version__,
+    return _dense(pred.X), list(pred.obs_names), {"version": scgen.__version__, "scvi_tools": scvi.__version__,
                             "epochs": kw.get("max_epochs", "default")}
 
 
@@ -185,7 +192,7 @@ def run_cpa(adata, job):
     cf.obs["cov_cond"] = (cf.obs["cell_type"].astype(str) + "_stimulated").astype("category")
     model.predict(cf, batch_size=2048)
     pred = _dense(cf.obsm["CPA_pred"])
-    return pred, {"version": cpa.__version__, "epochs": max_epochs, "recon_loss": "gauss",
+    return pred, list(cf.obs_names), {"version": cpa.__version__, "epochs": max_epochs, "recon_loss": "gauss",
                   "n_deg_groups": len(degs), "n_valid": int(valid.sum())}
 
 
@@ -265,7 +272,7 @@ def run_cellflow(adata, job):
     rec = ad.AnnData(X=np.zeros((pcs.shape[0], train.n_vars), np.float32), obsm={"X_pca": pcs})
     reconstruct_pca(rec, use_rep="X_pca", ref_adata=train, layers_key_added="X_recon")
     pred = _dense(rec.layers["X_recon"])
-    return pred, {"version": version("cellflow-tools"), "iterations": iterations, "n_pcs": n_comps,
+    return pred, None, {"version": version("cellflow-tools"), "iterations": iterations, "n_pcs": n_comps,
                   "width": "tutorial" if shrink == 1 else f"tutorial / {shrink}", "batch_size": batch_size,
                   "note": "population prediction (OT flow of the control cells)"}
 
@@ -276,16 +283,19 @@ RUNNERS = {"biolord": run_biolord, "cinemaot": run_cinemaot, "scgen": run_scgen,
 
 def main(path):
     import anndata as ad
+    import pandas as pd
 
     with open(path) as fh:
         job = json.load(fh)
     t0 = time.perf_counter()
     adata = ad.read_h5ad(job["data"])
-    n_intervene = int((adata.obs["bench_split"] == "intervene").sum())
-    edited, info = RUNNERS[job["peer"]](adata, job)
-    if edited.shape != (n_intervene, adata.n_vars):
-        raise RuntimeError(f"{job['peer']} returned {edited.shape}, expected {(n_intervene, adata.n_vars)}")
-    ad.AnnData(X=np.asarray(edited, dtype=np.float32)).write_h5ad(job["out"])
+    cells = adata.obs_names[(adata.obs["bench_split"] == "intervene").to_numpy()]
+    genes = adata.var_names.copy()
+    edited, names, info = RUNNERS[job["peer"]](adata, job)
+    if edited.shape != (len(cells), len(genes)):
+        raise RuntimeError(f"{job['peer']} returned {edited.shape}, expected {(len(cells), len(genes))}")
+    obs = pd.DataFrame(index=pd.Index([str(n) for n in (cells if names is None else names)]))
+    ad.AnnData(X=np.asarray(edited, dtype=np.float32), obs=obs, var=pd.DataFrame(index=genes)).write_h5ad(job["out"])
     info["seconds"] = time.perf_counter() - t0
     with open(job["status"], "w") as fh:
         json.dump(info, fh)

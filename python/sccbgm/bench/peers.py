@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from sccbgm.errors import SCCBGMError
+
 PEERS = ("biolord", "cinemaot", "scgen", "cpa", "cellflow")
 LABELS = {"biolord": "biolord", "cinemaot": "CINEMA-OT", "scgen": "scGen", "cpa": "CPA", "cellflow": "CellFlow"}
 TORCH_PIN = "torch==2.13.0"
@@ -208,6 +210,49 @@ def write_job_data(td: Any, path: Path) -> None:
     ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=td.train.var_names.astype(str))).write_h5ad(path)
 
 
+MAX_SCALE_RATIO = 10.0
+"""A peer's cells may differ from the input's median library size (sum of expm1) by this factor."""
+
+
+class PeerOutputError(SCCBGMError):
+    """A peer's prediction cannot be matched to the cells, genes or scale it is scored against."""
+
+
+def _median_library_size(x: np.ndarray) -> float:
+    """Median over cells of sum_g expm1(x) (the target sum of log-normalised cells), log scale safe."""
+    return float(np.median(np.expm1(np.clip(x, 0.0, 60.0)).sum(1)))
+
+
+def align_prediction(pred: Any, td: Any) -> np.ndarray:
+    """The rows / genes of a peer's output AnnData ``pred`` in the order of ``td.intervene``'s
+    obs_names / ``td.train``'s var_names (the order of the truth they are scored against), as
+    float64 (n, G), after checking it is on the log-normalised scale of the input.
+
+    Raises :class:`PeerOutputError` when names are missing, duplicated or not the expected ones, or
+    when the cells' median library size (sum of expm1) is more than :data:`MAX_SCALE_RATIO` from the
+    input's (counts, or normalised values without the log).
+    """
+    import pandas as pd
+
+    cells = pd.Index(td.intervene.obs_names.astype(str))
+    genes = pd.Index(td.train.var_names.astype(str))
+    got_cells, got_genes = pd.Index(pred.obs_names.astype(str)), pd.Index(pred.var_names.astype(str))
+    for what, got, want in (("cells", got_cells, cells), ("genes", got_genes, genes)):
+        if got.has_duplicates or len(got) != len(want) or not got.isin(want).all():
+            missing = list(want.difference(got)[:3])
+            raise PeerOutputError(
+                f"the peer returned {len(got)} {what} that are not the {len(want)} expected ones "
+                f"(e.g. missing {missing}, unexpected {list(got.difference(want)[:3])})")
+    x = np.asarray(pred.X.toarray() if hasattr(pred.X, "toarray") else pred.X, dtype=np.float64)
+    x = x[got_cells.get_indexer(cells)][:, got_genes.get_indexer(genes)]
+    want_size, got_size = _median_library_size(np.asarray(td.x_intervene)), _median_library_size(x)
+    if not (want_size / MAX_SCALE_RATIO <= got_size <= want_size * MAX_SCALE_RATIO):
+        raise PeerOutputError(
+            f"the peer's cells are not on the log-normalised scale of its input: median sum of expm1 per "
+            f"cell {got_size:.4g} vs {want_size:.4g} (counts, or values without log1p?)")
+    return x
+
+
 def run_peer(
     peer: str,
     td: Any,
@@ -218,19 +263,27 @@ def run_peer(
     timeout: float = 3600,
     workdir: Path | None = None,
     intervene_in_train: bool = False,
+    python: Path | None = None,
+    worker: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> PeerResult:
     """Run ``peer`` on task data ``td`` (:class:`~sccbgm.bench.synthetic.TaskData` or any object
     with its ``task``, ``train``, ``intervene``, ``x_train``, ``x_intervene``, ``concepts`` and
     ``seed``) in its venv. ``intervene_in_train``: the cells to edit are training cells too (the
-    control cells of the held-out type in ``bench real``)."""
-    root = Path(root) if root is not None else default_venv()
-    python, why = ensure_environment(root, PEER_ENVIRONMENT[peer], install=install, log=log)
+    control cells of the held-out type in ``bench real``). ``python`` / ``worker``: run this
+    interpreter and worker script instead of the peer's venv and :mod:`peer_worker` (tests).
+
+    The prediction is realigned to the cells and genes of the truth by name and checked to be on
+    the input's scale (:func:`align_prediction`); a mismatch is reported as a failed peer.
+    """
     if python is None:
-        return PeerResult(peer, None, 0.0, why)
-    why = check_import(python, peer)
-    if why:
-        return PeerResult(peer, None, 0.0, f"`import {IMPORTS[peer]}` fails in {python.parent.parent}: {why}")
+        root = Path(root) if root is not None else default_venv()
+        python, why = ensure_environment(root, PEER_ENVIRONMENT[peer], install=install, log=log)
+        if python is None:
+            return PeerResult(peer, None, 0.0, why)
+        why = check_import(python, peer)
+        if why:
+            return PeerResult(peer, None, 0.0, f"`import {IMPORTS[peer]}` fails in {python.parent.parent}: {why}")
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp_path = Path(tmp).resolve()
@@ -242,7 +295,7 @@ def run_peer(
                "iterations": None if epochs is None else int(epochs) * CELLFLOW_ITERATIONS_PER_EPOCH}
         (tmp_path / "job.json").write_text(json.dumps(job))
         env = _worker_env()
-        worker = Path(__file__).with_name("peer_worker.py")
+        worker = Path(worker) if worker is not None else Path(__file__).with_name("peer_worker.py")
         try:
             # cwd = the job folder: CPA writes model.pt / history.csv / CPA_info.json into the cwd
             proc = subprocess.run([str(python), str(worker), str(tmp_path / "job.json")], capture_output=True,
@@ -255,9 +308,12 @@ def run_peer(
             return PeerResult(peer, None, seconds, "failed: " + (lines[-1] if lines else f"exit {proc.returncode}"))
         import anndata as ad
 
-        pred = np.asarray(ad.read_h5ad(tmp_path / "pred.h5ad").X, dtype=np.float64)
+        try:
+            pred = align_prediction(ad.read_h5ad(tmp_path / "pred.h5ad"), td)
+        except PeerOutputError as err:
+            return PeerResult(peer, None, seconds, f"failed: {err}")
         info = json.loads((tmp_path / "status.json").read_text())
     if not np.isfinite(pred).all():
         return PeerResult(peer, None, seconds, f"ran ({info}) but returned NaN/inf values")
-    log(f"  {LABELS[peer]}: {seconds:.1f} s ({info})")
+    log(f"  {LABELS.get(peer, peer)}: {seconds:.1f} s ({info})")
     return PeerResult(peer, pred, seconds, "ran: " + ", ".join(f"{k}={v}" for k, v in info.items() if k != "seconds"))

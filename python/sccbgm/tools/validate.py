@@ -14,7 +14,7 @@ cells:
 Scores are those of ``sccbgm bench real`` (:func:`sccbgm.bench.real.run_task`): rMMD, rFID, rSD
 (paper Eq. 10: D(edited, target) / min_gamma D(p_gamma, target) on ``n_eval_pcs`` PCs fitted on
 the training cells, p_gamma the training populations of the categorical concepts), ``mean_dist``
-(||mean(edited) - mean(target)||_2 over log-normalised genes) and ``delta_r`` (Pearson
+(||mean(edited) - mean(target)||_2 over log-normalised genes) and ``pearson_delta`` (Pearson
 correlation over genes of the predicted and the real mean change). A group on which the model
 beats both floors on rMMD and on mean_dist is one where the edit is worth more than the trivial
 answer; elsewhere, do not trust it.
@@ -34,7 +34,7 @@ from sccbgm.tools._common import check_columns, lognormalised, save_figure, say
 
 MODEL_EDITOR = "scCBGM"
 COLUMNS = (
-    "group", "editor", "n_source", "n_target", "rmmd", "rfid", "rsd", "mean_dist", "delta_r",
+    "group", "editor", "n_source", "n_target", "rmmd", "rfid", "rsd", "mean_dist", "pearson_delta",
     "closest_mmd", "fit_seconds", "model_beats_floors",
 )
 
@@ -112,7 +112,7 @@ def validate(
     -------
     DataFrame, one row per eligible group x editor (``"scCBGM"``, ``"no edit"``, ``"mean shift
     (other types)"``), columns :data:`COLUMNS` (lower is better for rmmd/rfid/rsd/mean_dist,
-    higher for delta_r; ``closest_mmd`` is the training population of the rMMD denominator;
+    higher for pearson_delta; ``closest_mmd`` is the training population of the rMMD denominator;
     ``model_beats_floors``: the model beat both floors on rMMD and mean_dist in that group).
     ``attrs["verdict"]`` says in words which groups the model beat the floors on;
     ``attrs["skipped"]`` lists the groups that were not eligible and why.

@@ -52,10 +52,12 @@ run_fresh_r <- function(code, env = character()) {
   structure(out, status = attr(out, "status") %||% 0L)
 }
 
-# small network, few epochs: a fit takes a few seconds on 2 cores
-fit_small <- function(object, concepts, ...) {
+# small network, few epochs, one member (the default ensemble's assays are tested in
+# test-uncertainty.R): a fit takes a few seconds on 2 cores
+fit_small <- function(object, concepts, ..., n_members = 1L) {
   sccbgm_fit(object, concepts, seed = 1, epochs = 4, hidden_dim = 32, latent_dim = 8,
-             unknown_dim = 4, n_pcs = 10, batch_size = 64, progress = FALSE, ...)
+             unknown_dim = 4, n_pcs = 10, batch_size = 64, progress = FALSE,
+             n_members = n_members, ...)
 }
 
 .cache <- new.env(parent = emptyenv())

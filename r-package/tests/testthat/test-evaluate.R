@@ -41,3 +41,30 @@ test_that("sccbgm_evaluate takes Seurat / SCE inputs with per-input layers", {
   expect_error(sccbgm_evaluate(edited, target, assay = "RNA", layer = "logcounts"),
                "applies to Seurat inputs only")
 })
+
+test_that("sccbgm_evaluate returns edist by default and the field's metrics with control", {
+  skip_if_no_sccbgm()
+  set.seed(5)
+  genes <- paste0("g", 1:12)
+  ctrl <- matrix(rexp(12 * 30), 12, 30, dimnames = list(genes, paste0("c", 1:30)))
+  shift <- c(rep(1.5, 3), rep(0, 9))
+  target <- ctrl[, 1:25] + shift
+  colnames(target) <- paste0("t", 1:25)
+  res <- sccbgm_evaluate(target, target, control = ctrl, n_components = 5)
+  expect_true(all(c("mmd", "fid", "sd", "edist", "r2_mean", "r2_mean_deg", "pearson_delta",
+                    "pearson_delta_deg", "deg_direction_accuracy") %in% res$metric))
+  value <- function(m) res$value[res$metric == m]
+  # a perfect prediction: distance 0, R^2 1, correlation 1, every DEG moved the right way
+  expect_lt(abs(value("edist")), 1e-8)
+  expect_equal(value("r2_mean"), 1)
+  expect_equal(value("pearson_delta"), 1)
+  expect_equal(value("deg_direction_accuracy"), 1)
+  # no edit: R^2 of the mean by hand (sklearn's r2_score of the gene means)
+  none <- sccbgm_evaluate(ctrl, target, control = ctrl, metrics = "edist", n_components = 5)
+  mr <- rowMeans(target)
+  mp <- rowMeans(ctrl)
+  expect_equal(none$value[none$metric == "r2_mean"], 1 - sum((mr - mp)^2) / sum((mr - mean(mr))^2),
+               tolerance = 1e-6)
+  expect_equal(none$value[none$metric == "deg_direction_accuracy"], 0)
+  expect_error(sccbgm_evaluate(target, target, control = list()), "`control` must be a Seurat")
+})
