@@ -73,11 +73,11 @@ def test_streamed_edit_of_a_shuffled_subset(toy_model, held_out, tmp_path):
 def test_memory_is_bounded_by_the_chunk_not_the_cells(toy_model, held_out, tmp_path, monkeypatch):
     """With 16-cell chunks every read of X takes <= 16 cells and the edit needs ceil(n / 16) reads,
     whatever n: nothing cells x genes is held beyond one chunk."""
-    import sccbgm.data as data
+    import sccbgm.access as access
     import sccbgm.editing as editing
 
     cells, path = held_out
-    monkeypatch.setattr(data, "CHUNK_ELEMENTS", 16 * cells.n_vars)
+    monkeypatch.setattr(access, "CHUNK_ELEMENTS", 16 * cells.n_vars)
     reads: list[int] = []
 
     class Recording:
