@@ -434,7 +434,9 @@ def edit(
         number of cells; a backed input, ``anndata.read_h5ad(path, backed="r")``, is read in
         sorted chunks). The file's ``X`` is a dense float32 HDF5 dataset (n_cells, n_genes)
         chunked by rows; obs / var / obsm / uns are those of the in-memory result. The input
-        file cannot be the output. Returns the result opened backed (``backed="r"``).
+        file cannot be the output. An ensemble's uncertainty layers are written as dense datasets
+        under ``layers/``. Returns the result opened backed (X on disk) with the layers left in
+        the file, not in memory (:func:`sccbgm.editing.open_backed`).
 
     Returns
     -------

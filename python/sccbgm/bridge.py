@@ -590,13 +590,15 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str 
 def _uncertainty_specs(result: Any, x_file: str | None) -> Spec | None:
     """The ensemble's per-cell uncertainty layers: dense specs, or with ``x_file`` "h5ad" specs
     of the file's ``layers/<key>`` datasets (R reads them HDF5-backed, like X)."""
-    keys = [key for key in ("edit_sd", "edit_lower", "edit_upper") if key in result.layers]
+    names = ("edit_sd", "edit_lower", "edit_upper")
     if x_file is None:
+        keys = [key for key in names if key in result.layers]
         return {key: matrix_to_spec(np.asarray(result.layers[key], dtype=np.float64)) for key in keys} or None
     import h5py
 
     shape = [int(result.n_obs), int(result.n_vars)]
-    with h5py.File(x_file, "r") as f:
+    with h5py.File(x_file, "r") as f:  # a streamed result keeps its layers on disk (editing.H5adWriter)
+        keys = [key for key in names if f"layers/{key}" in f]
         for key in keys:
             if not isinstance(f.get(f"layers/{key}"), h5py.Dataset):
                 raise SCCBGMError(f"layer {key!r} of {x_file!r} is not a dense HDF5 dataset.")

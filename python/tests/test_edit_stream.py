@@ -141,3 +141,21 @@ def test_cli_edit_streams_a_backed_file(toy_model, held_out, tmp_path):
     assert main(args) == 0
     _assert_same_edit(ad.read_h5ad(out), sccbgm.edit(toy_model, cells, {"stim": 0}))
     assert main([*args[:5], "{not json", "--out", str(tmp_path / "x.h5ad")]) == 2
+
+
+def test_streamed_ensemble_edit_keeps_its_uncertainty_layers_on_disk(toy, tmp_path):
+    """An ensemble's edit_sd / edit_lower / edit_upper are written under layers/ and equal the
+    in-memory edit's; the returned backed object does not read them into memory (at 1M x 3,000
+    cells they are 36 GB: reading them got the process killed for memory)."""
+    model = sccbgm.fit(toy[:600].copy(), ["stim", "cell_type"], seed=0, epochs=3, n_members=2, progress=False)
+    cells = toy[600:700].copy()
+    in_memory = sccbgm.edit(model, cells, {"stim": 1})
+    out = tmp_path / "edited.h5ad"
+    streamed = sccbgm.edit(model, cells, {"stim": 1}, out=out)
+    assert streamed.isbacked and len(streamed.layers) == 0
+    np.testing.assert_allclose(np.asarray(streamed.X[:]), in_memory.X, rtol=1e-6, atol=1e-6)
+    with h5py.File(out, "r") as f:
+        for key in ("edit_sd", "edit_lower", "edit_upper"):
+            np.testing.assert_allclose(f[f"layers/{key}"][:], in_memory.layers[key], rtol=1e-6, atol=1e-6)
+    streamed.file.close()
+    assert set(ad.read_h5ad(out).layers) == {"edit_sd", "edit_lower", "edit_upper"}
