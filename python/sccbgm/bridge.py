@@ -698,13 +698,7 @@ def evaluate(
     for ``reference_key`` / ``metrics`` becomes a list). Returns the metric table as a frame spec
     plus ``row_names`` and ``attrs`` (the table's scalar ``DataFrame.attrs``).
     """
-    kwargs: dict[str, Any] = {}
-    for key, value in _as_dict(options).items():
-        if value is None:
-            continue
-        if isinstance(value, np.ndarray) and value.dtype.kind in "OU":
-            value = [str(v) for v in value.reshape(-1)]
-        kwargs[str(key)] = value
+    kwargs = _options(options)
     table = _public("evaluate")(
         _cells_input(predicted),
         _cells_input(target),
