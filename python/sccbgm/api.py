@@ -420,7 +420,7 @@ def edit(
         each cell's own counts through a Poisson likelihood (thinning where the rate falls,
         added Poisson counts where it rises, so zeros and detection rates change) and
         re-normalises; ``seed`` seeds the sampling. ``"mean"``: the expected counts instead of a
-        sample. None: the additive edit of log expression chosen by ``residual``. ``"auto"``
+        sample. None (or ``"none"``): the additive edit of log expression chosen by ``residual``. ``"auto"``
         (default): ``"mean"`` for a scCBGM (``model="sccbgm"``) fitted on counts with the
         residual output, else None.
         Chosen on held-out cells (docs/validation.md). Details: :mod:`sccbgm.editing`.
@@ -454,8 +454,10 @@ def edit(
     of the members' edited expression (clipped at 0; with the count-space edit, one count edit
     with the members' mean log rate ratio, as validated in docs/validation.md); ``layers["edit_sd"]`` = the sd (ddof 1)
     over members of the predicted change per cell x gene; ``layers["edit_lower"]`` /
-    ``layers["edit_upper"]`` = X -/+ z_0.95 * a * edit_sd (clipped at 0), a 90% interval with
-    the model's calibration scale a (``docs/uncertainty.md``); obsm concepts are the members'
+    ``layers["edit_upper"]``, a 90% interval of the edited expression: for a count-space edit a
+    predictive interval (the members' doubt about the rate ratio and the count noise of the edit,
+    :func:`sccbgm.editing.count_space_interval`), for an additive edit X -/+ z_0.95 * a * edit_sd
+    (clipped at 0), a being the model's calibration scale (``docs/uncertainty.md``); obsm concepts are the members'
     mean, ``X_unknown`` / ``X_noise`` member 1's; uns ``sccbgm_edit["uncertainty"]`` records how
     the layers were computed. Decode mode seeds member m with ``seed + m - 1``.
     """

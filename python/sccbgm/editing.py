@@ -71,7 +71,7 @@ from sccbgm.data import (
 )
 from sccbgm.errors import SCCBGMError
 from sccbgm.model import Model
-from sccbgm.uncertainty import edit_metadata, interval_half_width
+from sccbgm.uncertainty import LEVEL, edit_metadata, interval_half_width
 
 RATE_EPS = 0.1
 """eps of the count-space rate ratio, in normalised counts (0.1 of a count at ``target_sum``)."""
@@ -80,7 +80,8 @@ COUNT_THETA = 1.0
 the model's mean weigh equally when mu = 1)."""
 DEFAULT_SHIFT_UNKNOWN = True
 """Default of ``shift_unknown`` (chosen on the choose half of ``sccbgm bench validate``)."""
-COUNT_EDITS = ("auto", None, "sample", "mean")
+COUNT_EDITS = ("auto", None, "none", "sample", "mean")
+"""Values of ``count_edit``; ``"none"`` is None (for callers that cannot pass None, e.g. R)."""
 
 
 def rate_log_ratio(factual: np.ndarray, edited: np.ndarray) -> np.ndarray:
@@ -97,6 +98,14 @@ def count_space_edit(
 ) -> np.ndarray:
     """Counts (n, G), the model's factual / edited log-normalised means (n, G) -> edited
     log-normalised cells (n, G) through the count likelihood of the module docstring."""
+    return lognormalise(edited_counts(counts, factual, edited, target_sum, rng, expectation), target_sum)
+
+
+def edited_counts(
+    counts: np.ndarray, factual: np.ndarray, edited: np.ndarray, target_sum: float,
+    rng: np.random.Generator | None, expectation: bool = False,
+) -> np.ndarray:
+    """The edited counts (n, G) of :func:`count_space_edit`, before normalisation."""
     counts = np.asarray(counts, dtype=np.float64)
     mu_f = np.expm1(np.clip(factual, 0.0, None))
     mu_e = np.expm1(np.clip(edited, 0.0, None))
@@ -113,7 +122,56 @@ def count_space_edit(
         thinned = rng.binomial(counts.astype(np.int64), np.minimum(ratio, 1.0))
         added = rng.poisson(np.where(down, 0.0, rate * (ratio - 1.0)))
         new = np.where(down, thinned, counts + added).astype(np.float64)
-    return lognormalise(new, target_sum)
+    return new
+
+
+def count_space_interval(
+    counts: np.ndarray, factual: np.ndarray, log_ratio: np.ndarray, log_ratio_sd: np.ndarray,
+    edited_counts_total: np.ndarray, target_sum: float, half_width: float, level: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Predictive interval (lower, upper), log-normalised (n, G), of the count-space edit.
+
+    Two sources of doubt: the model's, the log rate ratio log r moved by -/+ ``half_width`` times
+    its sd over ensemble members (``log_ratio_sd``); and the count noise of the edit itself under
+    the likelihood of :func:`count_space_edit`: where r < 1 the edited count is Bin(x, r), where
+    r > 1 it is x plus a negative binomial count (the Poisson of the added rate lambda (r - 1)
+    mixed over the cell's Gamma posterior rate, shape theta + x). ``lower`` is the
+    (1 - level) / 2 quantile of the count at the lowered ratio, ``upper`` the (1 + level) / 2
+    quantile at the raised ratio; both are normalised by ``edited_counts_total`` (n, 1), the
+    library of the expected edit, so that they bracket :func:`count_space_edit`'s output.
+    """
+    from scipy import stats
+
+    counts = np.asarray(counts, dtype=np.float64)
+    mu_f = np.expm1(np.clip(factual, 0.0, None))
+    lib = counts.sum(axis=1, keepdims=True)
+    lib[lib == 0] = 1.0
+    mu = mu_f * lib / target_sum
+    shape = COUNT_THETA + counts
+    rate = mu * shape / (COUNT_THETA + mu)
+    tail = (1.0 - level) / 2.0
+
+    def quantile(log_r: np.ndarray, q: float) -> np.ndarray:
+        r = np.exp(log_r)
+        out = counts.copy()
+        thin = (r < 1.0) & (counts > 0)
+        out[thin] = stats.binom.ppf(q, counts[thin], r[thin])
+        extra = rate * (r - 1.0)
+        add = (r > 1.0) & (extra > 0)
+        # most cells have no count of most genes: shape theta = 1 there, a geometric count with
+        # a closed-form quantile; scipy only for the rest
+        p = shape / (shape + np.where(add, extra, 1.0))
+        geometric = add & (counts == 0) & (COUNT_THETA == 1.0)
+        with np.errstate(divide="ignore"):  # p -> 1 (a vanishing added rate): log(1 - p) = -inf, quantile 0
+            out[geometric] = np.maximum(np.ceil(np.log1p(-q) / np.log1p(-p[geometric]) - 1.0 - 1e-9), 0.0)
+        rest = add & ~geometric
+        out[rest] += stats.nbinom.ppf(q, shape[rest], p[rest])
+        return out
+
+    total = np.where(edited_counts_total > 0, edited_counts_total, 1.0)
+    lower = np.log1p(quantile(log_ratio - half_width * log_ratio_sd, tail) * (target_sum / total))
+    upper = np.log1p(quantile(log_ratio + half_width * log_ratio_sd, 1.0 - tail) * (target_sum / total))
+    return lower, upper
 
 
 def align_genes(adata: Any, genes: Sequence[str]) -> np.ndarray | None:
@@ -351,6 +409,8 @@ def edit_cells(
 
     if count_edit not in COUNT_EDITS:
         raise SCCBGMError(f"count_edit must be one of {list(COUNT_EDITS)}, not {count_edit!r}.")
+    if count_edit == "none":
+        count_edit = None
     residual = model.default_residual if residual is None else bool(residual)
     if count_edit == "auto":  # measured for scCBGM's decoder edit only (docs/validation.md)
         measured = model.name == "sccbgm" and "flow" not in model.parts
@@ -437,7 +497,7 @@ def edit_cells(
             uns["sccbgm_edit"]["n_members"] = n_members
             if predictors[0].seed is not None:
                 uns["sccbgm_edit"]["member_seeds"] = [p.seed for p in predictors]
-            uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model)
+            uns["sccbgm_edit"]["uncertainty"] = edit_metadata(model, count_edit)
         if isinstance(sink, H5adSink):
             return sink.finish(new_obs, var, uns)
     except BaseException:
@@ -488,6 +548,7 @@ def _edit_chunk_members(
     mean = np.zeros_like(x_log)
     sq_dev = np.zeros_like(x_log)
     log_ratio = np.zeros_like(x_log) if count_edit is not None else None
+    log_ratio_sq = np.zeros_like(x_log) if count_edit is not None else None
     fact_first = None
     c_fact = c_edit = None
     for m, predict in enumerate(predictors):
@@ -497,7 +558,9 @@ def _edit_chunk_members(
             fact = tr.to_genes(pred.factual)
             # members are combined by their mean log rate ratio, applied once in count space;
             # each member's own (expected) count edit gives the spread
-            log_ratio += rate_log_ratio(fact, x_new) / n_members
+            member_log_ratio = rate_log_ratio(fact, x_new)
+            log_ratio += member_log_ratio / n_members
+            log_ratio_sq += member_log_ratio**2 / n_members
             fact_first = fact if fact_first is None else fact_first
             x_new = count_space_edit(x_raw, fact, x_new, tr.target_sum, None, expectation=True)
         elif residual:
@@ -516,16 +579,31 @@ def _edit_chunk_members(
         assert fact_first is not None and log_ratio is not None
         mu_f = np.expm1(np.clip(fact_first, 0.0, None))
         edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
-        mean = count_space_edit(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
-                                expectation=count_edit == "mean")
+        expected = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, None, expectation=True)
+        if count_edit == "mean":
+            new_counts = expected
+        else:
+            new_counts = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, count_rng)
+        mean = lognormalise(new_counts, tr.target_sum)
     sink.put("X", pos, np.clip(mean, 0.0, None))
     sink.put("X_concepts_factual", pos, c_fact)
     sink.put("X_concepts_edited", pos, c_edit)
     if n_members > 1:
         sd = np.sqrt(sq_dev / (n_members - 1))
         sink.put("layers/edit_sd", pos, sd)
-        sink.put("layers/edit_lower", pos, np.clip(mean - half_width * sd, 0.0, None))
-        sink.put("layers/edit_upper", pos, np.clip(mean + half_width * sd, 0.0, None))
+        if count_edit is not None:
+            assert log_ratio_sq is not None
+            ratio_sd = np.sqrt(np.clip(log_ratio_sq - log_ratio**2, 0.0, None) * n_members / (n_members - 1))
+            lower, upper = count_space_interval(x_raw, fact_first, log_ratio, ratio_sd,
+                                                expected.sum(axis=1, keepdims=True), tr.target_sum,
+                                                half_width, LEVEL)
+            # a predictive interval of a count may sit beside its expectation (Bin(1, 0.99) has 5%
+            # quantile 1): widen it to always hold the edit returned
+            lower, upper = np.minimum(lower, mean), np.maximum(upper, mean)
+        else:
+            lower, upper = mean - half_width * sd, mean + half_width * sd
+        sink.put("layers/edit_lower", pos, np.clip(lower, 0.0, None))
+        sink.put("layers/edit_upper", pos, np.clip(upper, 0.0, None))
 
 
 def _member_predictors(

@@ -149,28 +149,81 @@ def test_bad_ensemble_requests_are_clear_errors(split, ensemble):
 
 
 def test_interval_coverage_of_true_changes_on_the_simulator():
-    """Calibration check on a simulator seed and task never used to build the calibration.
+    """Calibration check at the shipped defaults (a 2-member ensemble, the count-space edit) on a
+    simulator seed and task never used to build the interval.
 
-    The reported 90% interval holds the exact counterfactual (Eq. 43) for a fraction of the
-    cell x gene pairs; the band asserted is the honest one measured (docs/uncertainty.md: the
-    calibrated interval reaches 0.47-0.81 on simulator tasks, the raw ensemble spread 0.37-0.69;
-    this case: 0.57 calibrated, 0.37 raw), not the 90% +- 5% aimed at. And the reported sd is
-    informative: pairs with a larger sd have larger errors.
+    The reported 90% interval holds the exact counterfactual (Eq. 43) for 0.87-0.92 of the
+    cell x gene pairs on the eight protocol tasks (docs/uncertainty.md) and 0.945 on this one,
+    within the 90% +- 5% aimed at (0.96 allowed for run-to-run variation of the fit). The
+    count-noise part matters: the same members' spread alone (mean -/+ z * a * sd) covers far
+    less (0.77 here). And the reported sd is informative: pairs with a larger sd have larger
+    errors.
     """
     from scipy.stats import spearmanr
 
     from sccbgm.simulation import choose_intervention_tasks, intervention_split
+    from sccbgm.uncertainty import calibration_scale
 
     adata = sccbgm.simulate("synthetic1", n_cells=1500, n_genes=100, seed=11)
     task = choose_intervention_tasks(adata, n_tasks=1, seed=11)[0]
     split = intervention_split(adata, task, seed=11)
     concepts = [c for c in adata.obs if c.startswith("concept_")]
-    model = sccbgm.fit(split.train, concepts, seed=11, n_members=3, progress=False,
-                       cross_cov_weight=0.5, hidden_dim=128, epochs=20)
+    model = sccbgm.fit(split.train, concepts, seed=11, progress=False)
+    assert model.n_members == 2
     edited = sccbgm.edit(model, split.intervene, {task.concept: 1})
-    tr = model.transform
-    truth = tr.lognorm(np.asarray(split.test.X, dtype=np.float64))
-    covered = (truth >= edited.layers["edit_lower"]) & (truth <= edited.layers["edit_upper"])
-    assert 0.45 <= covered.mean() <= 0.95
+    truth = model.transform.lognorm(np.asarray(split.test.X, dtype=np.float64))
+    covered = (truth >= edited.layers["edit_lower"] - 1e-9) & (truth <= edited.layers["edit_upper"] + 1e-9)
+    sd = edited.layers["edit_sd"]
+    additive = np.abs(truth - edited.X) <= Z * calibration_scale(model) * sd + 1e-9
+    assert 0.85 <= covered.mean() <= 0.96
+    assert covered.mean() > additive.mean() + 0.05
     error = np.abs(truth - edited.X)
-    assert spearmanr(edited.layers["edit_sd"].ravel(), error.ravel()).statistic > 0.1
+    assert spearmanr(sd.ravel(), error.ravel()).statistic > 0.1
+
+
+def _nbinom_quantile(q: float, shape: float, mean: float) -> int:
+    """Smallest k with P(K <= k) >= q for the negative binomial (shape, mean), from its pmf."""
+    from math import comb
+
+    p = shape / (shape + mean)
+    total, k = 0.0, 0
+    while True:
+        total += comb(k + int(shape) - 1, k) * p**shape * (1 - p) ** k
+        if total >= q:
+            return k
+        k += 1
+
+
+def test_count_interval_is_the_edits_count_noise_at_the_shifted_ratios():
+    """Hand-computed quantiles. Cell: counts (10, 4, 0, 6), library 20, normalised at 20 (so a
+    log-normalised value is log1p of a count). Gene 1, r = 1/2 and no model spread: the edited
+    count is Bin(10, 1/2), whose 5% / 95% quantiles are 2 and 8 (P(<=1) = 11/1024, P(<=2) = 56/1024,
+    P(<=7) = 968/1024, P(<=8) = 1013/1024). Gene 2, r = 2: the factual mean equals the count (4),
+    so the posterior rate is 4 and 4 counts are added on average, NB(shape 1 + 4, mean 4). Gene 3
+    (no count, mean 0): nothing can be added. Gene 4, r = 1 -/+ model spread: the lowered ratio
+    thins, the raised one adds."""
+    from sccbgm.editing import count_space_interval
+
+    counts = np.array([[10.0, 4.0, 0.0, 6.0]])
+    factual = np.log1p(counts)
+    log_r = np.log(np.array([[0.5, 2.0, 3.0, 1.0]]))
+    sd = np.array([[0.0, 0.0, 0.0, 0.5]])
+    total = np.array([[20.0]])
+    lower, upper = count_space_interval(counts, factual, log_r, sd, total, 20.0, Z, 0.9)
+    lo_counts, hi_counts = np.expm1(lower)[0], np.expm1(upper)[0]
+    np.testing.assert_allclose(lo_counts[:3], [2, 4 + _nbinom_quantile(0.05, 5, 4.0), 0], atol=1e-9)
+    np.testing.assert_allclose(hi_counts[:3], [8, 4 + _nbinom_quantile(0.95, 5, 4.0), 0], atol=1e-9)
+    assert lo_counts[3] < 6 < hi_counts[3]
+    # the interval grows with the model's spread
+    wider = count_space_interval(counts, factual, log_r, 2 * sd, total, 20.0, Z, 0.9)
+    assert wider[0][0, 3] <= lower[0, 3] and wider[1][0, 3] >= upper[0, 3]
+
+
+def test_count_edit_interval_brackets_the_edit_and_is_wider_than_the_member_spread(split, ensemble):
+    edited = sccbgm.edit(ensemble, split[1], {"stim": 1})
+    lower, upper, sd = (edited.layers[k] for k in ("edit_lower", "edit_upper", "edit_sd"))
+    x = np.asarray(edited.X)
+    assert ((lower <= x + 1e-6) & (x <= upper + 1e-6)).all()
+    expressed = x > 0  # a gene with no count and no predicted rate has the interval [0, 0]
+    assert (upper - lower)[expressed].mean() > (2 * Z * sd)[expressed].mean()
+    assert "count-space" in edited.uns["sccbgm_edit"]["uncertainty"]["interval"]

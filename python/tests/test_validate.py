@@ -80,6 +80,11 @@ def test_count_edit_through_the_api(toy, toy_model):
     assert ((a.X - truth) ** 2).mean() < ((x - truth) ** 2).mean()
     with pytest.raises(SCCBGMError, match="count_edit must be"):
         sccbgm.edit(toy_model, test, set={"stim": 1}, count_edit="poisson")
+    # "none" (what R can pass) is None: the additive edit
+    c = sccbgm.edit(toy_model, test, set={"stim": 1}, cells=ctrl, count_edit="none")
+    d = sccbgm.edit(toy_model, test, set={"stim": 1}, cells=ctrl, count_edit=None)
+    assert np.array_equal(c.X, d.X) and c.uns["sccbgm_edit"]["count_edit"] == "none"
+    assert not np.allclose(c.X, a.X)
     lognormed = test.copy()
     lognormed.X = toy_model.transform.lognorm(np.asarray(test.X, dtype=float))
     lm = sccbgm.fit(lognormed, ["stim"], seed=0, epochs=1, progress=False, hidden_dim=16, latent_dim=4,

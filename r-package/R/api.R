@@ -242,7 +242,9 @@ setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, lay
 #' @param set Named list `list(column = value)`: a category of a categorical concept
 #'   (`list(stim = "STIM")`), 0/1 or `FALSE`/`TRUE` for a binary one, a number in the column's
 #'   units for a continuous one, or a vector with one value per edited cell.
-#' @param ... Further named options of the Python `sccbgm.edit()`.
+#' @param ... Further named options of the Python `sccbgm.edit()`, e.g. `count_edit = "none"`
+#'   for the additive edit of log expression instead of the count-space edit (`"mean"`, the
+#'   default of a scCBGM fitted on counts) or `count_edit = "sample"`, `shift_unknown = FALSE`.
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).

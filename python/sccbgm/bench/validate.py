@@ -10,7 +10,9 @@ Tasks
   paper's additive concept effects (``synthetic1``) and cell-type-specific concept effects
   (``interaction``, ``concept_cell_type_sd=0.08``). One C.6 task per seed: the eligible
   (cell type, concept) pair with the largest true effect; cells are compared with their exact
-  counterfactuals.
+  counterfactuals. ``-seen`` variants: the same tasks, but half of the held-out type's
+  concept-on cells are in training (an edit of a population seen in both states, the common
+  case in practice); the within-type shift then comes from training cells only.
 
 The split into halves is FIXED here, before any measurement: defaults are chosen on
 :data:`HALVES` ``["choose"]`` and confirmed on ``["confirm"]``; both are reported.
@@ -23,8 +25,9 @@ Editors
 Floors: ``no edit``; ``mean shift (other types)``: the mean stimulation / concept shift of the
 other types' training cells (log-normalised, averaged over types, NOT clipped, as in the issue);
 its clipped version is reported too; on the simulator ``mean shift (within type)``: the shift
-between the held-out type's own concept-on and concept-off cells (it sees the held-out
-population, so it is a strong floor). Candidates: :data:`CANDIDATES` (name -> fit options,
+between the held-out type's own concept-on and concept-off cells (in the C.6 variants it sees
+the held-out population, which no model sees, so it is an oracle-like floor; in the ``-seen``
+variants it uses training cells only). Candidates: :data:`CANDIDATES` (name -> fit options,
 edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options.
 
 Metrics (lower is better)
@@ -63,7 +66,11 @@ TARGET_SUM = 1e4  # library size of the metric space (log-normalise, then z-scor
 
 KANG_FILE = "kang2018_pbmc_ifnb_scgen_subset.h5ad"
 KANG_TYPES = ("B", "CD14+Mono", "CD4T", "CD8T", "Dendritic", "FCGR3A+Mono", "NK")
-SIM_VARIANTS = {"sim-additive": "synthetic1", "sim-interaction": "interaction"}
+SIM_VARIANTS = {"sim-additive": "synthetic1", "sim-interaction": "interaction",
+                "sim-additive-seen": "synthetic1", "sim-interaction-seen": "interaction"}
+"""Simulator data sets -> simulator preset; ``-seen``: the held-out type was also seen with the
+concept on (half of those cells are in training), so the within-type shift is computed on
+training cells only and is a floor a model can beat."""
 
 # Fixed before measuring (issue 12): choose on one half, confirm on the other.
 HALVES: dict[str, dict[str, tuple[int, ...]]] = {
@@ -249,17 +256,23 @@ def sim_task(variant: str, seed: int, n_cells: int, n_genes: int) -> Task:
     zspace = ZSpace(all_log)
     pos = {n: i for i, n in enumerate(adata.obs_names)}
     tr_idx = np.array([pos[n] for n in split.train.obs_names])
-    x_src = lognormalise(dense_rows(split.intervene.X), TARGET_SUM)
-    truth = lognormalise(dense_rows(split.test.X), TARGET_SUM)
     ctype = adata.obs["cell_type"].astype(str).to_numpy()
     on = adata.obs[k].to_numpy() == 1
-    shift = _shift(all_log[tr_idx], ctype[tr_idx], on[tr_idx], exclude=task.cell_type)
     in_type = ctype == task.cell_type
-    within = all_log[in_type & on].mean(0) - all_log[tr_idx][(ctype[tr_idx] == task.cell_type) & ~on[tr_idx]].mean(0)
+    seen = variant.endswith("-seen")
+    if seen:
+        pair = np.flatnonzero(in_type & on)
+        shown = np.random.default_rng(seed).permutation(pair)[: pair.size // 2]
+        tr_idx = np.sort(np.concatenate([tr_idx, shown]))
+    x_src = lognormalise(dense_rows(split.intervene.X), TARGET_SUM)
+    truth = lognormalise(dense_rows(split.test.X), TARGET_SUM)
+    shift = _shift(all_log[tr_idx], ctype[tr_idx], on[tr_idx], exclude=task.cell_type)
+    own_on = all_log[tr_idx][in_type[tr_idx] & on[tr_idx]] if seen else all_log[in_type & on]
+    within = own_on.mean(0) - all_log[tr_idx][in_type[tr_idx] & ~on[tr_idx]].mean(0)
     floors = {NO_EDIT: x_src, SHIFT_OTHER: x_src + shift, SHIFT_OTHER_CLIP: np.clip(x_src + shift, 0, None),
               SHIFT_WITHIN: x_src + within}
     concepts = [str(c) for c in adata.uns["simulation"]["concept_names"]]
-    train = split.train
+    train = adata[tr_idx].copy() if seen else split.train
     return Task(variant, f"seed{seed}:{task.cell_type}/{k}", train, split.intervene, {k: 1}, truth, zspace, floors,
                 concepts, k, truth_log=truth)
 
@@ -402,17 +415,21 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
 def run_validate(
     out: str | Path, *, halves: Sequence[str] = ("choose", "confirm"), candidates: Sequence[str] = DEFAULT_CANDIDATES,
     scale: str = "full", kang: str | Path | None = None, types: Sequence[str] | None = None,
-    datasets: Sequence[str] = ("kang", "sim-additive", "sim-interaction"), save_predictions: bool = False,
+    datasets: Sequence[str] = ("kang", *SIM_VARIANTS), save_predictions: bool = False,
     seeds: Sequence[int] | None = None, models_dir: str | Path | None = None, log: Callable[[str], None] = print,
+    n_members: int | None = None,
 ) -> Path:
-    """Run the protocol; writes ``results.csv`` and ``report.md`` to ``out``; returns the report."""
+    """Run the protocol; writes ``results.csv`` and ``report.md`` to ``out``; returns the report.
+    ``n_members``: ensemble size of every fit (None: the preset's, as ``sccbgm.fit``)."""
     bad = [c for c in candidates if c not in CANDIDATES]
     if bad:
         raise SCCBGMError(f"unknown candidate(s) {bad}; available: {list(CANDIDATES)}.")
     bad = [h for h in halves if h not in HALVES]
     if bad:
         raise SCCBGMError(f"unknown half {bad}; choose from {list(HALVES)}.")
-    cfg = SCALES[scale]
+    cfg = dict(SCALES[scale])
+    if n_members is not None:
+        cfg["fit"] = {**cfg["fit"], "n_members": int(n_members)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     mdir = None
@@ -520,6 +537,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--models-dir", help="save fitted models here and reuse those already there")
     p.add_argument("--from-csv", nargs="+", metavar="CSV",
                    help="no fitting: merge these results.csv files (e.g. of runs of each half) into --out/report.md")
+    p.add_argument("--n-members", type=int, default=None,
+                   help="ensemble size of every fit (default: the preset's, as sccbgm.fit)")
     p.add_argument("--out", default="out/bench/validate")
 
 
@@ -534,4 +553,4 @@ def main_validate(args: argparse.Namespace) -> None:
         return
     run_validate(args.out, halves=args.halves, candidates=args.candidates, scale=args.scale, kang=args.kang,
                  types=args.types, datasets=args.datasets, save_predictions=args.save_predictions,
-                 seeds=args.seeds, models_dir=args.models_dir)
+                 seeds=args.seeds, models_dir=args.models_dir, n_members=args.n_members)

@@ -23,15 +23,25 @@ test_that("an ensemble's edit adds edit_sd / edit_lower / edit_upper assays to a
   record <- S4Vectors::metadata(edited)$sccbgm
   expect_identical(record$n_members, 3L)
   expect_equal(record$uncertainty_level, 0.9)
-  # the interval is mean -/+ z * scale * sd where it is not clipped at 0
-  wide <- lower > 0
-  expect_equal((upper - lower)[wide], (2 * record$uncertainty_z * record$uncertainty_scale * sd)[wide],
-               tolerance = 1e-5)
+  # a count model's default edit: the predictive interval of the count-space edit
+  expect_match(record$uncertainty_interval, "count-space edit")
   # same numbers as the Python edit
   py_edit <- bridge()$edit(model$py, sccbgm:::.engine_spec(sce, NULL, "counts", model$concepts),
                            sccbgm:::.set_spec(list(stim = "STIM"), ncol(sce)))
-  py_sd <- sccbgm:::.matrix_from_spec(sccbgm:::.r(py_edit)$uncertainty$edit_sd)
-  expect_equal(unname(sd), unname(py_sd), tolerance = 1e-6)
+  py_unc <- sccbgm:::.r(py_edit)$uncertainty
+  expect_equal(unname(sd), unname(sccbgm:::.matrix_from_spec(py_unc$edit_sd)), tolerance = 1e-6)
+  expect_equal(unname(lower), unname(sccbgm:::.matrix_from_spec(py_unc$edit_lower)), tolerance = 1e-6)
+  expect_equal(unname(upper), unname(sccbgm:::.matrix_from_spec(py_unc$edit_upper)), tolerance = 1e-6)
+  # an additive edit keeps the interval mean -/+ z * scale * sd where it is not clipped at 0
+  additive <- sccbgm_edit(sce, model, set = list(stim = "STIM"), count_edit = "none", shift_unknown = FALSE)
+  a_x <- SummarizedExperiment::assay(additive, "sccbgm")
+  a_sd <- SummarizedExperiment::assay(additive, "sccbgm_edit_sd")
+  a_lower <- SummarizedExperiment::assay(additive, "sccbgm_edit_lower")
+  a_upper <- SummarizedExperiment::assay(additive, "sccbgm_edit_upper")
+  wide <- a_lower > 0
+  expect_equal((a_upper - a_lower)[wide], (2 * record$uncertainty_z * record$uncertainty_scale * a_sd)[wide],
+               tolerance = 1e-5)
+  expect_match(S4Vectors::metadata(additive)$sccbgm$uncertainty_interval, "mean -/\\+ z")
   # a single model adds none of them
   single <- sccbgm_edit(sce, sce_model(), set = list(stim = "STIM"))
   expect_false(any(grepl("edit_sd", SummarizedExperiment::assayNames(single))))
