@@ -103,6 +103,10 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FM on PCs (edit)": ({"model": "sccbgm-fm"}, {"mode": "edit"}),
     "FM on PCs (edit), count sample": ({"model": "sccbgm-fm"}, {"mode": "edit", "count_edit": "sample"}),
     "FM on genes (edit)": ({"model": "sccbgm-fm", "representation": "genes"}, {"mode": "edit"}),
+    "cell type as a concept": ({"extra_concepts": ["cell_type"]}, {}),
+    "FM on PCs (edit), count mean": ({"model": "sccbgm-fm"}, {"mode": "edit", "count_edit": "mean"}),
+    "FM on genes (edit), count mean": (
+        {"model": "sccbgm-fm", "representation": "genes"}, {"mode": "edit", "count_edit": "mean"}),
 }
 ENSEMBLE = "default, ensemble of the half's seeds"
 """The default edit averaged over the models of the half's seeds (one per task and half): the
@@ -383,7 +387,8 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
             if fit_opts.get("model") == "sccbgm-fm" and base_key in fits and "representation" not in fit_opts:
                 kwargs = {k: v for k, v in fit_opts.items() if k == "model" or k.startswith("flow_")}
                 kwargs["base"] = fits[base_key][0]
-            model = sccbgm.fit(task.train, task.concepts, seed=seed, progress=False, **kwargs)
+            extra = [c for c in kwargs.pop("extra_concepts", []) if c not in task.concepts]
+            model = sccbgm.fit(task.train, [*task.concepts, *extra], seed=seed, progress=False, **kwargs)
             fits[key] = (model, time.perf_counter() - t0)
             log(f"    fitted {cand!r} in {fits[key][1]:.1f} s")
             if path is not None:
