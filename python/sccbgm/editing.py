@@ -116,10 +116,7 @@ def edited_counts(
     mu_f = np.expm1(np.clip(factual, 0.0, None))
     mu_e = np.expm1(np.clip(edited, 0.0, None))
     ratio = (mu_e + RATE_EPS) / (mu_f + RATE_EPS)
-    lib = counts.sum(axis=1, keepdims=True)
-    lib[lib == 0] = 1.0
-    mu = mu_f * lib / target_sum
-    rate = mu * (COUNT_THETA + counts) / (COUNT_THETA + mu)
+    rate = posterior_rate(counts, factual, target_sum)
     down = ratio < 1.0
     if expectation:
         new = np.where(down, counts * ratio, counts + rate * (ratio - 1.0))
@@ -129,6 +126,16 @@ def edited_counts(
         added = rng.poisson(np.where(down, 0.0, rate * (ratio - 1.0)))
         new = np.where(down, thinned, counts + added).astype(np.float64)
     return new
+
+
+def posterior_rate(counts: np.ndarray, factual: np.ndarray, target_sum: float) -> np.ndarray:
+    """lambda (n, G), each cell's posterior mean rate in its own counts under the Gamma(theta,
+    theta / mu) prior around the model's factual mean mu (module docstring): mu (theta + x) /
+    (theta + mu). ``counts`` float64 (n, G); ``factual`` log-normalised at ``target_sum``."""
+    lib = counts.sum(axis=1, keepdims=True)
+    lib[lib == 0] = 1.0
+    mu = np.expm1(np.clip(factual, 0.0, None)) * lib / target_sum
+    return mu * (COUNT_THETA + counts) / (COUNT_THETA + mu)
 
 
 def count_space_interval(
@@ -149,12 +156,8 @@ def count_space_interval(
     from scipy import stats
 
     counts = np.asarray(counts, dtype=np.float64)
-    mu_f = np.expm1(np.clip(factual, 0.0, None))
-    lib = counts.sum(axis=1, keepdims=True)
-    lib[lib == 0] = 1.0
-    mu = mu_f * lib / target_sum
     shape = COUNT_THETA + counts
-    rate = mu * shape / (COUNT_THETA + mu)
+    rate = posterior_rate(counts, factual, target_sum)
     tail = (1.0 - level) / 2.0
 
     def quantile(log_r: np.ndarray, q: float) -> np.ndarray:
@@ -585,11 +588,8 @@ def _edit_chunk_members(
         assert fact_first is not None and log_ratio is not None
         mu_f = np.expm1(np.clip(fact_first, 0.0, None))
         edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
-        expected = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, None, expectation=True)
-        if count_edit == "mean":
-            new_counts = expected
-        else:
-            new_counts = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, count_rng)
+        new_counts = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
+                                   expectation=count_edit == "mean")
         mean = lognormalise(new_counts, tr.target_sum)
     sink.put("X", pos, np.clip(mean, 0.0, None))
     sink.put("X_concepts_factual", pos, c_fact)
@@ -600,6 +600,8 @@ def _edit_chunk_members(
         if count_edit is not None:
             assert log_ratio_sq is not None
             ratio_sd = np.sqrt(np.clip(log_ratio_sq - log_ratio**2, 0.0, None) * n_members / (n_members - 1))
+            expected = new_counts if count_edit == "mean" else edited_counts(
+                x_raw, fact_first, edited_mean, tr.target_sum, None, expectation=True)
             lower, upper = count_space_interval(x_raw, fact_first, log_ratio, ratio_sd,
                                                 expected.sum(axis=1, keepdims=True), tr.target_sum,
                                                 half_width, LEVEL)

@@ -34,7 +34,6 @@ test_that("an ensemble's edit adds edit_sd / edit_lower / edit_upper assays to a
   expect_equal(unname(upper), unname(sccbgm:::.matrix_from_spec(py_unc$edit_upper)), tolerance = 1e-6)
   # an additive edit keeps the interval mean -/+ z * scale * sd where it is not clipped at 0
   additive <- sccbgm_edit(sce, model, set = list(stim = "STIM"), count_edit = "none", shift_unknown = FALSE)
-  a_x <- SummarizedExperiment::assay(additive, "sccbgm")
   a_sd <- SummarizedExperiment::assay(additive, "sccbgm_edit_sd")
   a_lower <- SummarizedExperiment::assay(additive, "sccbgm_edit_lower")
   a_upper <- SummarizedExperiment::assay(additive, "sccbgm_edit_upper")
