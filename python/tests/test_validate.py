@@ -138,3 +138,19 @@ def test_bench_validate_quick(tmp_path):
     assert single["leak_acc"].between(0, 1).all()
     text = (tmp_path / "report.md").read_text()
     assert "## half: choose" in text and "beats within-type shift" in text
+
+
+def test_effect_slopes_by_hand():
+    """slope_shared / slope_type regress the mean change per gene on the true effects c_k, e_ku."""
+    task = V.sim_task("sim-interaction", 0, 600, 100)
+    V._prepare_pkg_space(task, 0)
+    src = task.floors[V.NO_EDIT]
+    assert task.true_effects.shape == (100, 2)
+    moved = V.score(task, src + task.true_effects @ np.array([0.5, 2.0]), 0)
+    assert moved["slope_shared"] == pytest.approx(0.5) and moved["slope_type"] == pytest.approx(2.0)
+    still = V.score(task, src, 0)
+    assert still["slope_shared"] == 0 and still["slope_type"] == 0
+    exact = V.score(task, task.truth_log, 0)  # the exact counterfactuals carry both parts
+    assert exact["slope_shared"] > 0.7 and exact["slope_type"] > 0.7
+    additive = V.sim_task("sim-additive", 0, 600, 100)
+    assert additive.true_effects.shape == (100, 1)
