@@ -282,7 +282,8 @@ def evaluate(
         ``min_gamma D(p_gamma, target)``, ``closest_population`` = that ``gamma``),
         ``mse_gene``, ``mse_pca``, ``knn_subtype_accuracy`` and, with ``control``, ``r2_mean``
         (R^2 of the gene means, all genes, :func:`sccbgm.metrics.r2_mean`), ``r2_mean_deg``,
-        ``pearson_delta``, ``pearson_delta_deg`` and ``deg_direction_accuracy`` (top-k DEGs).
+        ``pearson_delta``, ``pearson_delta_deg``, ``response_share`` (share of the real mean change
+        reproduced, :func:`sccbgm.metrics.response_share`) and ``deg_direction_accuracy`` (top-k DEGs).
         ``space`` is ``"pca"``, ``"gene"`` or ``"deg"``. ``attrs`` holds ``n_components``, ``pca_fitted_on``, ``bandwidth``,
         ``epsilon``, ``max_cells``, ``seed``.
 
@@ -380,6 +381,7 @@ def evaluate(
         rows.append(_row("r2_mean_deg", M.r2_mean(pred.x, tgt.x, genes=degs), "deg"))
         rows.append(_row("pearson_delta", M.pearson_delta(pred.x, tgt.x, ctrl.x), "gene"))
         rows.append(_row("pearson_delta_deg", M.pearson_delta(pred.x, tgt.x, ctrl.x, genes=degs), "deg"))
+        rows.append(_row("response_share", M.response_share(pred.x, tgt.x, ctrl.x), "gene"))
         rows.append(_row("deg_direction_accuracy",
                          M.deg_direction_accuracy(pred.x, tgt.x, ctrl.x, genes=degs), "deg"))
 

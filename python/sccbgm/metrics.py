@@ -27,7 +27,8 @@ The draw is taken before any conversion: a sparse set is densified only for the 
 Ratio metrics (Eq. 10, 50, 52, 54): :func:`ratio`, :func:`rmmd`, :func:`rfid`, :func:`rsd`.
 Cell-level metrics: :func:`cell_mse`, :func:`knn_subtype_accuracy` (App. D.11).
 Metrics of the perturbation-prediction field (CPA, scPerturBench, pertpy): :func:`r2_mean`,
-:func:`pearson_delta`, :func:`deg_direction_accuracy` on all genes or the :func:`top_degs`, and
+:func:`pearson_delta`, :func:`response_share`, :func:`deg_direction_accuracy` on all genes or the
+:func:`top_degs`, and
 :func:`e_distance` (pertpy's energy distance).
 Features: :func:`pca_features` (PCA fitted on the reference / training cells).
 """
@@ -66,6 +67,7 @@ __all__ = [
     "pearson_delta",
     "r2_mean",
     "ratio",
+    "response_share",
     "rfid",
     "rmmd",
     "rsd",
@@ -853,6 +855,22 @@ def pearson_delta(
     if dp.size < 2 or np.std(dp) == 0.0 or np.std(dr) == 0.0:
         return math.nan
     return float(np.corrcoef(dp, dr)[0, 1])
+
+
+def response_share(
+    predicted: Matrix, real: Matrix, control: Matrix, *, genes: ArrayLike | None = None
+) -> float:
+    """How much of the real mean change the prediction reproduces, in its direction.
+
+    With d_p = mean(predicted) - mean(control) and d_r = mean(real) - mean(control) over all genes
+    or ``genes``: ``<d_p, d_r> / <d_r, d_r>`` (the least-squares slope of d_p on d_r through 0).
+    1: the real response in full; 0: none of it (no edit); 0.5: half the size. Unlike
+    :func:`pearson_delta` it sees the size of the change, not only its shape. NaN when the real
+    change is 0.
+    """
+    dp, dr = _deltas(predicted, real, control, genes)
+    norm = float(dr @ dr)
+    return float(dp @ dr) / norm if norm > 0 else math.nan
 
 
 def deg_direction_accuracy(

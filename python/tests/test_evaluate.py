@@ -107,6 +107,8 @@ def test_field_metrics_rows_match_functions_and_hand_values():
     row = table.set_index("metric")["value"]
     # top-2 DEGs: genes 0 and 1; signs right on gene 0 only
     assert row["deg_direction_accuracy"] == pytest.approx(0.5)
+    # <(0.5, 0.5, -1, 0), (1, -1, 0.5, 0)> / 2.25 = -0.5 / 2.25
+    assert row["response_share"] == pytest.approx(-0.5 / 2.25)
     # r2 of the means over all genes: SS_res = 0.25 + 2.25 + 2.25 = 4.75, SS_tot = 2.1875
     assert row["r2_mean"] == pytest.approx(1 - 4.75 / 2.1875)
     # DEGs: mr = (3, 1), mp = (2.5, 2.5): SS_res = 2.5, SS_tot = 2

@@ -384,6 +384,17 @@ def test_pearson_delta_by_hand() -> None:
     assert np.isnan(M.pearson_delta(control, real, control))  # no edit: no predicted change
 
 
+def test_response_share_by_hand() -> None:
+    control = np.zeros((2, 3))
+    real = np.array([[1.0, 2.0, 0.0], [1.0, 2.0, 0.0]])  # change (1, 2, 0)
+    assert M.response_share(control + np.array([0.5, 1.0, 0.0]), real, control) == pytest.approx(0.5)
+    # change (1, 0, 3): <(1, 0, 3), (1, 2, 0)> / 5 = 0.2 -- the size along the real change only
+    assert M.response_share(control + np.array([1.0, 0.0, 3.0]), real, control) == pytest.approx(0.2)
+    assert M.response_share(control, real, control) == 0.0  # no edit
+    assert M.response_share(real, real, control, genes=[1]) == pytest.approx(1.0)
+    assert np.isnan(M.response_share(real, control, control))  # no real change
+
+
 def test_deg_direction_and_top_degs_by_hand() -> None:
     control = np.full((1, 4), 2.0)
     real = np.array([[3.0, 1.0, 2.5, 2.0]])  # change (1, -1, 0.5, 0)

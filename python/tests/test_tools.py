@@ -77,6 +77,7 @@ def test_validate_has_one_row_per_eligible_group_and_editor(validation, tmp_path
     model, none = table[table["editor"] == "scCBGM"].set_index("group"), table[table["editor"] == "no edit"].set_index("group")
     assert (model["rmmd"] < 0.7 * none["rmmd"]).all()
     assert (model["pearson_delta"] > 0.7).all()
+    assert (model["response_share"] > 0.3).all() and (none["response_share"] == 0).all()
     for g, won in table.drop_duplicates("group").set_index("group")["model_beats_floors"].items():
         assert f"cell_type={g}: {'beats' if won else 'does NOT beat'} the floors" in table.attrs["verdict"]
     fig = sccbgm.tools.plot_validation(table, tmp_path / "v.png")

@@ -149,9 +149,9 @@ def test_effect_slopes_by_hand():
     moved = V.score(task, src + task.true_effects @ np.array([0.5, 2.0]), 0)
     assert moved["slope_shared"] == pytest.approx(0.5) and moved["slope_type"] == pytest.approx(2.0)
     still = V.score(task, src, 0)
-    assert still["slope_shared"] == 0 and still["slope_type"] == 0 and still["response_slope"] == 0
+    assert still["slope_shared"] == 0 and still["slope_type"] == 0 and still["response_share"] == 0
     half_way = src + 0.5 * (task.target_log.mean(0) - src.mean(0))
-    assert V.score(task, half_way, 0)["response_slope"] == pytest.approx(0.5)
+    assert V.score(task, half_way, 0)["response_share"] == pytest.approx(0.5)
     exact = V.score(task, task.truth_log, 0)  # the exact counterfactuals carry both parts
     assert exact["slope_shared"] > 0.7 and exact["slope_type"] > 0.7
     additive = V.sim_task("sim-additive", 0, 600, 100)

@@ -20,10 +20,11 @@
 #'     means closer to the truth than any observed population); `numerator`, `denominator` and
 #'     `closest_population` give the parts.
 #'   \item `mse_gene`, `mse_pca` (with `true_counterfactual`): cell-level mean squared error.
-#'   \item `r2_mean`, `r2_mean_deg`, `pearson_delta`, `pearson_delta_deg`,
+#'   \item `r2_mean`, `r2_mean_deg`, `pearson_delta`, `pearson_delta_deg`, `response_share`,
 #'     `deg_direction_accuracy` (with `control`): R^2 of the gene means of `predicted` vs `target`
 #'     (all genes / the top `n_degs` = 20 DEGs of `target` vs `control`, `space = "deg"`), Pearson
-#'     correlation of the predicted and the real change from `control`, and the fraction of the
+#'     correlation of the predicted and the real change from `control`, the share of the real
+#'     mean change reproduced (1 = in full, 0 = none), and the fraction of the
 #'     top DEGs changed in the real direction (higher is better).
 #'   \item `knn_subtype_accuracy` (with `subtype_key` and `true_subtypes`).
 #' }
@@ -41,8 +42,8 @@
 #'   `seed`, `label`, `subtype_key`, `true_subtypes`, `k`, `n_degs`.
 #' @param true_counterfactual Optional true counterfactual of each predicted cell (same cells).
 #' @param control Optional unedited cells the prediction started from (e.g. the control cells
-#'   that were edited); adds `r2_mean`, `r2_mean_deg`, `pearson_delta`, `pearson_delta_deg` and
-#'   `deg_direction_accuracy`.
+#'   that were edited); adds `r2_mean`, `r2_mean_deg`, `pearson_delta`, `pearson_delta_deg`,
+#'   `response_share` and `deg_direction_accuracy`.
 #' @param assay Seurat assay of the inputs: one string for all, or a named character vector
 #'   (names among `predicted`, `target`, `reference`, `true_counterfactual`, `control`).
 #'   Default: the default assay.

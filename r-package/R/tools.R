@@ -36,7 +36,8 @@
 #' *mean shift seen in the other groups*. Scores (lower is better): `rmmd`, `rfid`, `rsd`
 #' (distance to the real cells over the distance of the closest training population, on 50
 #' principal components) and `mean_dist` (distance of the mean profiles over the log-normalised
-#' genes); `pearson_delta` (higher is better) is the correlation of the predicted and real mean change.
+#' genes); `pearson_delta` (higher is better) is the correlation of the predicted and real mean change,
+#' `response_share` the share of the real mean change the edit reproduces (1 = in full).
 #' The Python function `sccbgm.validate()` does the work.
 #'
 #' @param object A `Seurat` or `SingleCellExperiment` object.
@@ -54,7 +55,8 @@
 #' @param progress Print a line per group.
 #' @return A `data.frame` with one row per eligible group x editor (`"scCBGM"`, `"no edit"`,
 #'   `"mean shift (other types)"`) and columns `group`, `editor`, `n_source`, `n_target`, `rmmd`,
-#'   `rfid`, `rsd`, `mean_dist`, `pearson_delta`, `closest_mmd`, `fit_seconds`, `model_beats_floors`.
+#'   `rfid`, `rsd`, `mean_dist`, `pearson_delta`, `response_share`, `closest_mmd`, `fit_seconds`,
+#'   `model_beats_floors`.
 #'   `attr(, "verdict")` says in words on which groups the model beat both floors;
 #'   `attr(, "skipped")` lists the groups that were not eligible and why.
 #' @seealso [sccbgm_sweep()], [sccbgm_search_concepts()], [sccbgm_evaluate()]

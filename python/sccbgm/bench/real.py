@@ -65,7 +65,7 @@ from sccbgm.errors import SCCBGMError
 NO_EDIT, MEAN_SHIFT = "no edit", "mean shift (other types)"
 ALL_GROUPS = "(all)"
 METRICS = ("rmmd", "rfid", "rsd", "mean_dist", "r2_mean", "r2_mean_deg", "pearson_delta", "pearson_delta_deg",
-           "deg_dir", "edist", "knn_acc")
+           "response_share", "deg_dir", "edist", "knn_acc")
 LOWER_IS_BETTER = ("rmmd", "rfid", "rsd", "mean_dist", "edist")
 N_DEGS = 20
 """k of the top-k DEGs of the field metrics (CPA's Kang tutorial reports 20)."""
@@ -365,6 +365,7 @@ def run_task(
             row["r2_mean_deg"] = M.r2_mean(x[s_in], x_t, genes=degs)
             row["pearson_delta"] = M.pearson_delta(x[s_in], x_t, x_s)
             row["pearson_delta_deg"] = M.pearson_delta(x[s_in], x_t, x_s, genes=degs)
+            row["response_share"] = M.response_share(x[s_in], x_t, x_s)
             row["deg_dir"] = M.deg_direction_accuracy(x[s_in], x_t, x_s, genes=degs)
             row["edist"] = M.e_distance(pred_pcs[label][s_in], tgt_pcs[t_in])
             row["knn_acc"] = (M.knn_subtype_accuracy(pred_pcs[label][s_in], knn[0], knn[1], knn[2][s_in], k=knn_k)

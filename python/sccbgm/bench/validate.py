@@ -39,9 +39,9 @@ Metrics (lower is better)
   training cells, median-heuristic bandwidth on the target, ratio to the closest training
   population;
 * ``mean_dist``: ||mean(edited) - mean(target)||_2 over log-normalised genes (1e4);
-* ``response_slope``: how much of the real mean response the editor reproduces,
-  <d_edit, d_true> / <d_true, d_true> with d = mean(cells) - mean(source cells) over
-  log-normalised genes (1 = the full response, 0 = none; a diagnostic, not a score);
+* ``response_share``: how much of the real mean response the editor reproduces
+  (:func:`sccbgm.metrics.response_share`: <d_edit, d_true> / <d_true, d_true>, d = mean(cells) -
+  mean(source cells) over log-normalised genes; 1 = the full response, 0 = none; a diagnostic);
 * ``cell_mse`` (simulator): mean squared error to the true counterfactual cells, log-normalised;
 * ``slope_shared``, ``slope_type`` (simulator, a diagnostic): least-squares coefficients of the
   editor's mean change per gene (log-normalised) on the true log-rate effects of the edited
@@ -307,9 +307,7 @@ def score(task: Task, pred_log: np.ndarray, seed: int) -> dict[str, float]:
     out = {"rmmd_z": mmd_unbiased(pred_z, tgt_z, 1 / 50) / base if base > 0 else float("nan")}
     out["rmmd_pkg"] = M.rmmd(task._pkg_pca(pred_log), task._pkg_target, task._pkg_refs, seed=seed).ratio
     out["mean_dist"] = float(np.linalg.norm(pred_log.mean(0) - task.target_log.mean(0)))
-    d_true = task.target_log.mean(0) - task.floors[NO_EDIT].mean(0)
-    d_edit = pred_log.mean(0) - task.floors[NO_EDIT].mean(0)
-    out["response_slope"] = float(d_edit @ d_true / (d_true @ d_true)) if d_true.any() else float("nan")
+    out["response_share"] = M.response_share(pred_log, task.target_log, task.floors[NO_EDIT])
     if task.truth_log is not None:
         out["cell_mse"] = float(((pred_log - task.truth_log) ** 2).mean())
     if task.true_effects is not None:
@@ -539,7 +537,7 @@ def render_report(table: pd.DataFrame) -> str:
 
     lines = ["# sccbgm bench validate", "",
              "Lower is better everywhere. Per task: mean over the half's seeds. Floors: " + ", ".join(FLOORS) + ".", ""]
-    cols = [c for c in ("rmmd_z", "rmmd_pkg", "mean_dist", "response_slope", "cell_mse", "slope_shared", "slope_type", "leak_acc",
+    cols = [c for c in ("rmmd_z", "rmmd_pkg", "mean_dist", "response_share", "cell_mse", "slope_shared", "slope_type", "leak_acc",
                         "fit_s") if c in table]
     for half in table.half.unique():
         lines += [f"## half: {half}", "", "### wins", ""]

@@ -15,7 +15,8 @@ Scores are those of ``sccbgm bench real`` (:func:`sccbgm.bench.real.run_task`): 
 (paper Eq. 10: D(edited, target) / min_gamma D(p_gamma, target) on ``n_eval_pcs`` PCs fitted on
 the training cells, p_gamma the training populations of the categorical concepts), ``mean_dist``
 (||mean(edited) - mean(target)||_2 over log-normalised genes) and ``pearson_delta`` (Pearson
-correlation over genes of the predicted and the real mean change). A group on which the model
+correlation over genes of the predicted and the real mean change) and ``response_share`` (how much
+of the real mean change the edit reproduces: 1 in full, 0.5 half its size). A group on which the model
 beats both floors on rMMD and on mean_dist is one where the edit is worth more than the trivial
 answer; elsewhere, do not trust it.
 """
@@ -34,7 +35,7 @@ from sccbgm.tools._common import check_columns, lognormalised, save_figure, say
 
 MODEL_EDITOR = "scCBGM"
 COLUMNS = (
-    "group", "editor", "n_source", "n_target", "rmmd", "rfid", "rsd", "mean_dist", "pearson_delta",
+    "group", "editor", "n_source", "n_target", "rmmd", "rfid", "rsd", "mean_dist", "pearson_delta", "response_share",
     "closest_mmd", "fit_seconds", "model_beats_floors",
 )
 
@@ -112,7 +113,7 @@ def validate(
     -------
     DataFrame, one row per eligible group x editor (``"scCBGM"``, ``"no edit"``, ``"mean shift
     (other types)"``), columns :data:`COLUMNS` (lower is better for rmmd/rfid/rsd/mean_dist,
-    higher for pearson_delta; ``closest_mmd`` is the training population of the rMMD denominator;
+    higher for pearson_delta; response_share is best at 1; ``closest_mmd`` is the training population of the rMMD denominator;
     ``model_beats_floors``: the model beat both floors on rMMD and mean_dist in that group).
     ``attrs["verdict"]`` says in words which groups the model beat the floors on;
     ``attrs["skipped"]`` lists the groups that were not eligible and why.

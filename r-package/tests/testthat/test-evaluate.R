@@ -52,12 +52,13 @@ test_that("sccbgm_evaluate returns edist by default and the field's metrics with
   colnames(target) <- paste0("t", 1:25)
   res <- sccbgm_evaluate(target, target, control = ctrl, n_components = 5)
   expect_true(all(c("mmd", "fid", "sd", "edist", "r2_mean", "r2_mean_deg", "pearson_delta",
-                    "pearson_delta_deg", "deg_direction_accuracy") %in% res$metric))
+                    "pearson_delta_deg", "response_share", "deg_direction_accuracy") %in% res$metric))
   value <- function(m) res$value[res$metric == m]
   # a perfect prediction: distance 0, R^2 1, correlation 1, every DEG moved the right way
   expect_lt(abs(value("edist")), 1e-8)
   expect_equal(value("r2_mean"), 1)
   expect_equal(value("pearson_delta"), 1)
+  expect_equal(value("response_share"), 1)
   expect_equal(value("deg_direction_accuracy"), 1)
   # no edit: R^2 of the mean by hand (sklearn's r2_score of the gene means)
   none <- sccbgm_evaluate(ctrl, target, control = ctrl, metrics = "edist", n_components = 5)
