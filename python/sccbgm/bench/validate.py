@@ -333,30 +333,23 @@ def _prepare_pkg_space(task: Task, seed: int) -> None:
 
 # ----------------------------------------------------------------------------- ensemble
 def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -> np.ndarray:
-    """The default edit of an ensemble, log-normalised at 1e4 (n, G): each member's predicted
-    log rate ratio (decoder edit with the u shift) is averaged, and the mean ratio is applied in
-    count space (:func:`sccbgm.editing.count_space_edit`, expectation) around member 0's factual
-    mean."""
-    from sccbgm.editing import RATE_EPS, count_space_edit
-    from sccbgm.predict import Counterfactual
+    """The default edit of an ensemble made of member 0 of each of ``models`` (fitted on the same
+    cells, so they share one input transform), log-normalised at 1e4 (n, G): ``sccbgm.edit`` of
+    that ensemble, i.e. the members' log rate ratios averaged and applied once in count space."""
+    import sccbgm
+    from sccbgm.model import Model
 
-    counts = dense_rows(source.X)
-    log_ratios, first = [], None
-    for m in models:
-        tr, spec = m.transform, m.spec
-        target, assigned = spec.target_values(dict(set_), source.n_obs)
-        observed, omask = spec.encode(source.obs, require=False)
-        pred = Counterfactual(m, shift_unknown=True)(tr.features(tr.lognorm(counts)), observed, omask, target,
-                                                     assigned, True)
-        fact, edit = tr.to_genes(pred.factual), tr.to_genes(pred.edited)
-        mu_f, mu_e = np.expm1(np.clip(fact, 0, None)), np.expm1(np.clip(edit, 0, None))
-        log_ratios.append(np.log((mu_e + RATE_EPS) / (mu_f + RATE_EPS)))
-        if first is None:
-            first = (fact, mu_f, tr.target_sum)
-    assert first is not None
-    fact, mu_f, ts = first
-    edited = np.log1p(np.exp(np.mean(log_ratios, axis=0)) * (mu_f + RATE_EPS) - RATE_EPS)
-    return rescale(count_space_edit(counts, fact, edited, ts, None, expectation=True), ts)
+    first = models[0]
+    for m in models[1:]:
+        same = (m.spec.concept_names == first.spec.concept_names
+                and np.array_equal(m.transform.components, first.transform.components)
+                and np.array_equal(m.transform.mean, first.transform.mean))
+        if not same:
+            raise SCCBGMError("ensemble members must share their concepts and input transform (same training cells).")
+    ensemble = Model(name=first.name, spec=first.spec, transform=first.transform, parts=first.parts,
+                     options=first.options, more_members=[m.parts for m in models[1:]])
+    edited = sccbgm.edit(ensemble, source, set=dict(set_))
+    return rescale(np.asarray(edited.X, dtype=np.float64), first.transform.target_sum)
 
 
 SIM_ENSEMBLE_OFFSET = 100
