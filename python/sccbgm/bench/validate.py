@@ -30,8 +30,8 @@ the held-out population, which no model sees, so it is an oracle-like floor; in 
 variants it uses training cells only). Candidates: :data:`CANDIDATES` (name -> fit options,
 edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options.
 
-Metrics (lower is better)
--------------------------
+Metrics (lower is better, except the diagnostics ``response_share``, ``slope_*``: best near 1)
+------------------------------------------------------------------------------------------
 * ``rmmd_z``: the issue's space -- log-normalise (target sum 1e4, log1p), z-score each gene over
   all cells of the data set, 50 PCs of all cells; unbiased squared MMD with an RBF kernel,
   gamma = 1/50, as a ratio to the MMD of the unedited source cells (< 1 beats no edit);
@@ -529,7 +529,8 @@ def render_report(table: pd.DataFrame) -> str:
     from sccbgm.bench.report import markdown_table
 
     lines = ["# sccbgm bench validate", "",
-             "Lower is better everywhere. Per task: mean over the half's seeds. Floors: " + ", ".join(FLOORS) + ".", ""]
+             "Lower is better, except response_share, slope_shared and slope_type (best near 1). "
+             "Per task: mean over the half's seeds. Floors: " + ", ".join(FLOORS) + ".", ""]
     cols = [c for c in ("rmmd_z", "rmmd_pkg", "mean_dist", "response_share", "cell_mse", "slope_shared", "slope_type", "leak_acc",
                         "fit_s") if c in table]
     for half in table.half.unique():
