@@ -116,7 +116,7 @@ def edited_counts(
     mu_f = np.expm1(np.clip(factual, 0.0, None))
     mu_e = np.expm1(np.clip(edited, 0.0, None))
     ratio = (mu_e + RATE_EPS) / (mu_f + RATE_EPS)
-    rate = posterior_rate(counts, factual, target_sum)
+    rate = posterior_rate(counts, mu_f, target_sum)
     down = ratio < 1.0
     if expectation:
         new = np.where(down, counts * ratio, counts + rate * (ratio - 1.0))
@@ -128,13 +128,15 @@ def edited_counts(
     return new
 
 
-def posterior_rate(counts: np.ndarray, factual: np.ndarray, target_sum: float) -> np.ndarray:
+def posterior_rate(counts: np.ndarray, factual_rate: np.ndarray, target_sum: float) -> np.ndarray:
     """lambda (n, G), each cell's posterior mean rate in its own counts under the Gamma(theta,
     theta / mu) prior around the model's factual mean mu (module docstring): mu (theta + x) /
-    (theta + mu). ``counts`` float64 (n, G); ``factual`` log-normalised at ``target_sum``."""
+    (theta + mu). ``counts`` float64 (n, G); ``factual_rate`` the model's factual mean at
+    ``target_sum``, expm1 of the clipped log-normalised mean (n, G); mu is it at the cell's
+    library size."""
     lib = counts.sum(axis=1, keepdims=True)
     lib[lib == 0] = 1.0
-    mu = np.expm1(np.clip(factual, 0.0, None)) * lib / target_sum
+    mu = factual_rate * lib / target_sum
     return mu * (COUNT_THETA + counts) / (COUNT_THETA + mu)
 
 
@@ -157,7 +159,7 @@ def count_space_interval(
 
     counts = np.asarray(counts, dtype=np.float64)
     shape = COUNT_THETA + counts
-    rate = posterior_rate(counts, factual, target_sum)
+    rate = posterior_rate(counts, np.expm1(np.clip(factual, 0.0, None)), target_sum)
     tail = (1.0 - level) / 2.0
 
     def quantile(log_r: np.ndarray, q: float) -> np.ndarray:
