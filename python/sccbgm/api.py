@@ -86,6 +86,7 @@ def fit(
     num_threads: int | None = None,
     progress: bool | None = None,
     distributed: bool | None = None,
+    groupby: str | None = None,
     **options: Any,
 ) -> Model:
     """Fit a model on ``adata`` with ``concepts`` (obs column names).
@@ -147,6 +148,14 @@ def fit(
         initialised torch.distributed process group; False: never; True: required. Every rank
         calls ``fit`` with the same arguments and data and gets the same model; ``batch_size``
         is the global minibatch (a multiple of the number of processes).
+    groupby
+        obs column of the populations (e.g. cell types) whose own responses the count-space edit
+        is calibrated to: where a group has training cells in both states of a concept, an edit
+        of that concept for the group's cells is pulled towards the group's observed response,
+        by empirical Bayes (:mod:`sccbgm.groups`; ``model.group_responses.summary()``). A group
+        seen in one state only keeps the model's edit. scCBGM / CBGM on raw counts only. None
+        (default): no calibration. The validation protocol passes the cell type
+        (docs/validation.md).
     **options
         Module options (``hidden_dim``, ``n_layers``, ``latent_dim``, ``unknown_dim``, ``dropout``,
         ``concept_weight`` lambda_c, ``cross_cov_weight`` lambda_cc (weight of whichever
@@ -236,8 +245,22 @@ def fit(
         options_record["world_size"] = ddp.world_size()
     if family.flow:
         options_record["flow"] = cfg["flow"]
+    if groupby is not None:
+        if not isinstance(groupby, str) or groupby not in adata.obs:
+            raise SCCBGMError(f"groupby must name an obs column; {groupby!r} is not one.")
+        if model not in ("sccbgm", "cbgm") or transform.input_kind != "counts":
+            raise SCCBGMError(
+                "groupby calibrates the count-space edit, which needs model='sccbgm' or 'cbgm' fitted on "
+                f"raw counts (here: model={model!r} on {transform.input_kind!r} values)."
+            )
+        options_record["groupby"] = groupby
     job = FitJob(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
-    return fit_ensemble(job, int(n_members), base, num_threads)
+    fitted = fit_ensemble(job, int(n_members), base, num_threads)
+    if groupby is not None:
+        from sccbgm.groups import fit_group_responses
+
+        fitted.group_responses = fit_group_responses(fitted, adata, groupby, layer)
+    return fitted
 
 
 def _check_options(
@@ -380,6 +403,7 @@ def edit(
     count_edit: str | None = "auto",
     shift_unknown: bool | None = None,
     out: str | os.PathLike[str] | None = None,
+    group_calibration: bool | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -437,6 +461,13 @@ def edit(
         file cannot be the output. An ensemble's uncertainty layers are written as dense datasets
         under ``layers/``. Returns the result opened backed (X on disk) with the layers left in
         the file, not in memory (:func:`sccbgm.editing.open_backed`).
+    group_calibration
+        Models fitted with ``groupby``: add each group's empirical-Bayes correction to the
+        count-space edit of its cells (:mod:`sccbgm.groups`; read from ``adata.obs[groupby]``;
+        cells of a group the model could not calibrate, or without the column, keep the model's
+        edit; the uncertainty layers are centred on the corrected edit). None (default): on for such
+        models with a count-space edit; False: off; True: required (an error otherwise).
+        uns ``sccbgm_edit["group_calibration"]`` records the column and the cells corrected.
 
     Returns
     -------
@@ -470,7 +501,7 @@ def edit(
         return edit_cells(
             model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
             count_edit=count_edit, shift_unknown=shift_unknown,
-            out=out,
+            out=out, group_calibration=group_calibration,
         )
 
 

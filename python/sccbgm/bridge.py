@@ -579,7 +579,8 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str 
         "concepts_factual": _embedding_spec(result, "X_concepts_factual"),
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
-        "info": {k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
+        "info": {**{k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
+                 **{f"group_calibration_{k}": v for k, v in dict(info.get("group_calibration") or {}).items()}},
         "uncertainty": _uncertainty_specs(result, x_file),
         "uncertainty_info": {
             k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))
@@ -622,11 +623,14 @@ def encode(model: Any, spec: Mapping[str, Any], *, cells: Any = None) -> Spec:
 
 
 def model_info(model: Any) -> Spec:
-    """The plain facts about a model that R shows: name, concepts, concept names, genes and the
-    kind of input it was fitted on (``input_kind``: "counts" or "lognorm"; None if unrecorded)."""
+    """The plain facts about a model that R shows: name, concepts, concept names, genes, the
+    kind of input it was fitted on (``input_kind``: "counts" or "lognorm"; None if unrecorded) and
+    the obs column of its group calibration (``groupby``; None without one)."""
     options = getattr(model, "options", None) or {}
     input_kind = options.get("input_kind")
+    responses = getattr(model, "group_responses", None)
     return {
+        "groupby": None if responses is None else str(responses.groupby),
         "name": str(getattr(model, "name", "sccbgm")),
         "input_kind": None if input_kind is None else str(input_kind),
         "concepts": _str_array(model.concepts),

@@ -405,6 +405,8 @@ def _run(argv: list[str]) -> int:
                    help='JSON of further fit options, e.g. \'{"batch_size": 256, "cross_cov_weight": 0.5}\'')
     f.add_argument("--distributed", action=argparse.BooleanOptionalAction, default=None,
                    help="DDP training (default: when launched by torchrun; docs/distributed.md)")
+    f.add_argument("--groupby", help="obs column (e.g. cell_type) whose groups' own responses calibrate the edit "
+                   "(sccbgm.groups; groups seen in both states of a concept)")
     f.add_argument("--out", required=True, help="model file to write (not an existing file unless --overwrite)")
     f.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     e = sub.add_parser("edit", help="edit the cells of an .h5ad file with a saved model")
@@ -413,6 +415,8 @@ def _run(argv: list[str]) -> int:
     e.add_argument("--set", required=True, help='JSON, e.g. \'{"stim": "STIM"}\'')
     e.add_argument("--layer")
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
+    e.add_argument("--no-group-calibration", action="store_true",
+                   help="a model fitted with --groupby: edit without its per-group correction")
     e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_tool_parsers(sub)
@@ -431,7 +435,7 @@ def _run(argv: list[str]) -> int:
             opts["epochs"] = args.epochs
         model = sccbgm.fit(_read_h5ad(data), args.concepts, model=args.model, preset=args.preset,
                            layer=args.layer, seed=args.seed, n_members=args.members,
-                           distributed=args.distributed, **opts)
+                           distributed=args.distributed, groupby=args.groupby, **opts)
         sccbgm.save(model, out)
         if distributed.rank() == 0:
             print(f"{model}\nwrote {out}")
@@ -447,7 +451,8 @@ def _run(argv: list[str]) -> int:
         source = _read_h5ad(data, backed=True)  # read in sorted chunks, written chunk by chunk
         try:
             edited = sccbgm.edit(model, source, set_, layer=args.layer,
-                                 residual=False if args.decoder_output else None, out=out)
+                                 residual=False if args.decoder_output else None, out=out,
+                                 group_calibration=False if args.no_group_calibration else None)
             print(f"edited {edited.n_obs} cells; wrote {out}")
             edited.file.close()
         finally:

@@ -410,11 +410,16 @@ def edit_cells(
     count_edit: str | None = "auto",
     shift_unknown: bool | None = None,
     out: str | os.PathLike[str] | None = None,
+    group_calibration: bool | None = None,
+    uncertainty: bool = True,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
     The prediction step of each model family (decoder, or flow with ``mode`` / ``seed`` /
-    ``n_steps``) is :class:`sccbgm.predict.Counterfactual`.
+    ``n_steps``) is :class:`sccbgm.predict.Counterfactual`. ``group_calibration``: add the
+    model's group corrections (:mod:`sccbgm.groups`) to the count-space edit (None: when the
+    model has them and the edit is in count space). ``uncertainty=False`` skips an ensemble's
+    uncertainty layers.
     """
     import anndata as ad
 
@@ -436,6 +441,12 @@ def edit_cells(
         )
     # with count_edit="sample", ``seed`` seeds the count sampling (and a flow's decode noise)
     flow_seed = seed if count_edit != "sample" or mode == "decode" else None
+    responses = model.group_responses
+    if group_calibration and responses is None:
+        raise SCCBGMError("group_calibration=True needs a model fitted with groupby (sccbgm.fit(..., groupby=...)).")
+    if group_calibration and count_edit is None:
+        raise SCCBGMError("group_calibration corrects the count-space edit; it cannot be used with count_edit=None.")
+    use_groups = responses is not None and count_edit is not None and group_calibration is not False
     predictors = _member_predictors(model, mode, flow_seed, n_steps, shift_unknown)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
@@ -451,9 +462,15 @@ def edit_cells(
     for sl in spec.slices().values():
         same = ((obs_mask[:, sl] > 0) & (observed[:, sl] == target[:, sl])).all(axis=1)
         assigned[same, sl] = False
+    slices = spec.slices()
+    codes = None
+    if use_groups:
+        from sccbgm.groups import edit_codes
+
+        changed = {name: assigned[:, slices[name]].any(axis=1) for name in set_}
+        codes = edit_codes(responses, model, obs, dict(set_), changed)
 
     new_obs = obs.copy()
-    slices = spec.slices()
     for name in set_:
         values = spec.decode_column(name, target[:, slices[name]])
         col = next(c for c in spec.columns if c.name == name)
@@ -490,7 +507,8 @@ def edit_cells(
                 _edit_chunk_additive(sink, pos, tr, predictors[0], raw, args, residual)
             else:
                 _edit_chunk_members(sink, pos, tr, predictors, raw, args, residual, count_edit, count_rng,
-                                    half_width)
+                                    half_width, uncertainty,
+                                    None if codes is None else (responses, codes[pos]))
         uns = {
             "sccbgm_edit": {
                 "model": model.name,
@@ -504,6 +522,9 @@ def edit_cells(
                 **predictors[0].metadata(),
             }
         }
+        if codes is not None:
+            uns["sccbgm_edit"]["group_calibration"] = {
+                "groupby": responses.groupby, "n_cells": int((codes >= 0).any(axis=1).sum())}
         if n_members > 1:
             uns["sccbgm_edit"]["n_members"] = n_members
             if predictors[0].seed is not None:
@@ -548,13 +569,21 @@ def _edit_chunk_additive(sink: MemorySink, pos: slice, tr: Any, predict: Any, ra
 
 def _edit_chunk_members(
     sink: MemorySink, pos: slice, tr: Any, predictors: list[Any], raw: Any, args: tuple, residual: bool,
-    count_edit: str | None, count_rng: Any, half_width: float,
+    count_edit: str | None, count_rng: Any, half_width: float, uncertainty: bool = True,
+    groups: tuple[Any, np.ndarray] | None = None,
 ) -> None:
-    """Ensemble members and / or the count-space edit on one (dense) chunk (module docstring)."""
+    """Ensemble members and / or the count-space edit on one (dense) chunk (module docstring).
+    ``groups``: (group responses, their codes for these cells), added to every member's log rate
+    ratio (:mod:`sccbgm.groups`)."""
     n_members = len(predictors)
     x_raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
     x_raw = np.asarray(x_raw, dtype=np.float64)
     x_log = tr.lognorm(x_raw)
+    group_shift = None
+    if groups is not None:
+        from sccbgm.groups import corrections
+
+        group_shift = corrections(*groups)
     feats = tr.features(x_log)
     mean = np.zeros_like(x_log)
     sq_dev = np.zeros_like(x_log)
@@ -570,6 +599,10 @@ def _edit_chunk_members(
             # members are combined by their mean log rate ratio, applied once in count space;
             # each member's own (expected) count edit gives the spread
             member_log_ratio = rate_log_ratio(fact, x_new)
+            if group_shift is not None:
+                member_log_ratio += group_shift
+                x_new = np.log1p(np.exp(member_log_ratio) * (np.expm1(np.clip(fact, 0.0, None)) + RATE_EPS)
+                                 - RATE_EPS)
             log_ratio += member_log_ratio / n_members
             log_ratio_sq += member_log_ratio**2 / n_members
             fact_first = fact if fact_first is None else fact_first
@@ -596,7 +629,7 @@ def _edit_chunk_members(
     sink.put("X", pos, np.clip(mean, 0.0, None))
     sink.put("X_concepts_factual", pos, c_fact)
     sink.put("X_concepts_edited", pos, c_edit)
-    if n_members > 1:
+    if n_members > 1 and uncertainty:
         sd = np.sqrt(sq_dev / (n_members - 1))
         sink.put("layers/edit_sd", pos, sd)
         if count_edit is not None:

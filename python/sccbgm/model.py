@@ -20,7 +20,9 @@ Compatibility policy (``format_version`` in the header; docs/reliability.md):
 
 Versions: v1 single models; v2 (ensembles, ``fit(n_members=K)``) adds the header list
 ``more_members`` (one parts entry per member 2..K) and their tensors ``member<m>/<part>.*``. A
-single model is still written as v1, so older readers keep reading it.
+single model is still written as v1, so older readers keep reading it. v3 (group calibration,
+``fit(groupby=...)``, :mod:`sccbgm.groups`) adds the header entry ``group_responses`` and the
+tensors ``groups.shift`` / ``groups.sd``; a model without it is still written as v1 / v2.
 
 Saving is atomic: the file is written to a temporary file in the target folder and moved over
 the target with ``os.replace``, so an interrupted save leaves any earlier model intact. The
@@ -43,7 +45,7 @@ from sccbgm.data import InputTransform
 from sccbgm.errors import SCCBGMError
 
 FORMAT = "sccbgm-model"
-FORMAT_VERSION = 2  # v2: ensembles ("more_members"); a single model is still written as v1
+FORMAT_VERSION = 3  # v2: ensembles ("more_members"), v3: group calibration; older content keeps its version
 
 
 def module_registry() -> dict[str, tuple[type, type]]:
@@ -68,6 +70,8 @@ class Model:
         members 2..K of an ensemble add ``"<part> (member m)"`` entries.
     more_members: an ensemble's members 2..K (``parts`` is member 1), each a parts dict like
         ``parts``: same concepts and input transform, other seeds (``sccbgm.fit(n_members=K)``).
+    group_responses: the per-group corrections of the count-space edit
+        (:class:`sccbgm.groups.GroupResponses`, ``sccbgm.fit(groupby=...)``), or None.
     """
 
     name: str
@@ -77,6 +81,7 @@ class Model:
     options: dict[str, Any] = field(default_factory=dict)
     history: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     more_members: list[dict[str, Any]] = field(default_factory=list)
+    group_responses: Any = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -123,6 +128,8 @@ class Model:
     def __repr__(self) -> str:
         n_par = sum(p.numel() for parts in self.members for m in parts.values() for p in m.parameters())
         ensemble = f", ensemble of {self.n_members}" if self.n_members > 1 else ""
+        if self.group_responses is not None:
+            ensemble += f", calibrated by groupby={self.group_responses.groupby!r}"
         return (
             f"sccbgm.Model({self.name!r}{ensemble}, {len(self.genes)} genes, concepts={self.concepts}, "
             f"K={self.spec.n_concepts}, input={self.transform.input_kind}/{self.transform.representation}"
@@ -167,9 +174,12 @@ class Model:
                     tensors[f"{_member_prefix(m)}{part}.{key}"] = value.detach().cpu().contiguous()
         for key, value in self.transform.arrays().items():
             tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
+        if self.group_responses is not None:
+            for key, value in self.group_responses.arrays().items():
+                tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
         header = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION if self.more_members else 1,
+            "format_version": 3 if self.group_responses is not None else 2 if self.more_members else 1,
             "name": self.name,
             "spec": self.spec.to_dict(),
             "transform": self.transform.header(),
@@ -183,6 +193,8 @@ class Model:
             "options": self.options,
             "history": self.history,
         }
+        if self.group_responses is not None:
+            header["group_responses"] = self.group_responses.header()
         try:
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
         except OSError as err:
@@ -270,6 +282,15 @@ class Model:
             arrays["transform.components"].ndim != 2 or arrays["transform.components"].shape[1] != len(transform.genes)
         ):
             raise SCCBGMError("the input transform's arrays do not match its gene list; the file is corrupt.")
+        responses = None
+        if "group_responses" in header:
+            from sccbgm.groups import GroupResponses
+
+            for key in ("groups.shift", "groups.sd"):
+                if key not in tensors:
+                    raise SCCBGMError(f"the model file lacks the tensor {key!r}; the file is incomplete.")
+            responses = GroupResponses.from_saved(header["group_responses"],
+                                                  {k: tensors[k].numpy() for k in ("groups.shift", "groups.sd")})
         return cls(
             name=header["name"],
             spec=ConceptSpec.from_dict(header["spec"]),
@@ -278,6 +299,7 @@ class Model:
             options=dict(header.get("options", {})),
             history=dict(header.get("history", {})),
             more_members=members[1:],
+            group_responses=responses,
         )
 
 

@@ -197,3 +197,26 @@ def test_bench_errors_are_one_line_too(tmp_path, capsys):
                  "--out", str(tmp_path / "out")])
     _one_error_line(capsys, 2, code, "no such file")
     _one_error_line(capsys, 2, main(["bench", "overhead", "--epochs", "0"]), "epochs must be >= 1")
+
+
+def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy, tmp_path):
+    data = tmp_path / "cells.h5ad"
+    small = toy[:300].copy()
+    del small.uns["stim_effect"]
+    small.write_h5ad(data)
+    model_path = tmp_path / "grouped.sccbgm"
+    assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--groupby", "cell_type",
+                 "--out", str(model_path)]) == 0
+    assert sccbgm.load(model_path).group_responses.groupby == "cell_type"
+    outs = {}
+    for name, extra in (("on", []), ("off", ["--no-group-calibration"])):
+        outs[name] = tmp_path / f"edited_{name}.h5ad"
+        assert main(["edit", str(data), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
+                     "--out", str(outs[name]), *extra]) == 0
+    on, off = ad.read_h5ad(outs["on"]), ad.read_h5ad(outs["off"])
+    n_ctrl = int((small.obs["stim"] == 0).sum())
+    assert on.uns["sccbgm_edit"]["group_calibration"]["n_cells"] == n_ctrl
+    assert "group_calibration" not in off.uns["sccbgm_edit"]
+    ctrl = (small.obs["stim"] == 0).to_numpy()
+    assert np.abs(on.X[ctrl] - off.X[ctrl]).max() > 0.01
+    np.testing.assert_array_equal(on.X[~ctrl], off.X[~ctrl])

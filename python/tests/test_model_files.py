@@ -46,6 +46,10 @@ def test_golden_file_loads_encodes_and_edits(path):
     # still the same edit as when the file was written (tolerance: torch / BLAS versions)
     expected = np.load(path.with_suffix(".expected.npy"))
     np.testing.assert_allclose(golden.golden_edit(model, adata), expected, rtol=1e-4, atol=1e-4)
+    grouped = path.with_suffix(".expected_groups.npy")
+    if grouped.is_file():  # v3+: the group calibration is read back and edits as it did
+        assert model.group_responses is not None and model.group_responses.groupby == "cell_type"
+        np.testing.assert_allclose(golden.golden_group_edit(model, adata), np.load(grouped), rtol=1e-4, atol=1e-4)
     # and a meaningful one: ctrl cells edited to STIM gain the stim genes (0-5) relative to the
     # rest (true log-normalised contrast 1.0: +0.64 on genes 0-5, -0.36 elsewhere by library size)
     # (of an ensemble file, member 1: member 2 of model_v2 (seed 1) learned no stim effect at all,

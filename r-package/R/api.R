@@ -27,7 +27,8 @@
   info <- .r(.py_call(.bridge()$model_info(py)))
   structure(list(py = py, name = info$name, concepts = .chr(info$concepts),
                  concept_names = .chr(info$concept_names), genes = .chr(info$genes),
-                 input_kind = info$input_kind, description = info$description),
+                 input_kind = info$input_kind, groupby = info$groupby,
+                 description = info$description),
             class = "sccbgm_model")
 }
 
@@ -98,8 +99,10 @@ print.sccbgm_model <- function(x, ...) {
 #' @param ... Further options of the Python `sccbgm.fit()`, named: module options
 #'   (`hidden_dim`, `n_layers`, `latent_dim`, `unknown_dim`, `dropout`, `concept_weight`,
 #'   `cross_cov_weight`, `kl_weight`, ...), training options (`batch_size`, `lr`, ...) and
-#'   `representation`, `n_pcs`, `input_kind`, `residual`, `device`. Whole numbers are passed as
-#'   Python integers.
+#'   `representation`, `n_pcs`, `input_kind`, `residual`, `device`, and `groupby`: a metadata
+#'   column (e.g. the cell types) whose groups' own observed responses calibrate the count-space
+#'   edit by empirical Bayes, where a group was seen in both states of the edited concept (see
+#'   [sccbgm_edit()]). Whole numbers are passed as Python integers.
 #' @param assay Seurat only: the assay (default: the default assay).
 #' @param layer The expression matrix: a Seurat slot / layer (`"counts"`, `"data"`) or an SCE
 #'   assay name (`"counts"`, `"logcounts"`). `NULL` (default): the raw counts when the object
@@ -151,7 +154,13 @@ setGeneric("sccbgm_fit", function(object, concepts, ..., assay = NULL, layer = N
     }
     options$n_members <- as.integer(n_members)
   }
-  spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay), concepts)
+  groupby <- options$groupby
+  if (!is.null(groupby)) {
+    .check_string(groupby, "groupby", null_ok = FALSE)
+    .check_columns(object, groupby, arg = "groupby", what = "groupby")
+  }
+  spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay),
+                       unique(c(concepts, groupby)))
   bridge <- .bridge()
   py <- .py_call(bridge$fit(spec, .np_chr(concepts), model = model, seed = .py_scalar(seed),
                             preset = preset, progress = isTRUE(progress), options = options))
@@ -244,7 +253,9 @@ setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, lay
 #'   units for a continuous one, or a vector with one value per edited cell.
 #' @param ... Further named options of the Python `sccbgm.edit()`, e.g. `count_edit = "none"`
 #'   for the additive edit of log expression instead of the count-space edit (`"mean"`, the
-#'   default of a scCBGM fitted on counts) or `count_edit = "sample"`, `shift_unknown = FALSE`.
+#'   default of a scCBGM fitted on counts) or `count_edit = "sample"`, `shift_unknown = FALSE`,
+#'   `group_calibration = FALSE` (a model fitted with `groupby`: skip its per-group correction;
+#'   the record's `group_calibration_n_cells` says how many cells were corrected).
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).
@@ -287,7 +298,7 @@ setGeneric("sccbgm_edit", function(object, model, set, ..., residual = NULL, cel
   options <- .py_options(...)
   options$residual <- if (is.null(residual)) NULL else isTRUE(residual)
   layer <- .default_layer(object, layer, model$input_kind, assay)
-  spec <- .engine_spec(object, assay, layer, model$concepts)
+  spec <- .engine_spec(object, assay, layer, unique(c(model$concepts, model$groupby)))
   res <- .r(.py_call(.bridge()$edit(model$py, spec, set_entries,
                                     cells = if (is.null(cells)) NULL else .np_chr(cells),
                                     options = options, out = out)))

@@ -28,7 +28,10 @@ its clipped version is reported too; on the simulator ``mean shift (within type)
 between the held-out type's own concept-on and concept-off cells (in the C.6 variants it sees
 the held-out population, which no model sees, so it is an oracle-like floor; in the ``-seen``
 variants it uses training cells only). Candidates: :data:`CANDIDATES` (name -> fit options,
-edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options.
+edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options
+beyond the data's description: every scCBGM / CBGM is fitted with ``groupby=``:data:`GROUPBY`
+(the cell types, which the within-type floor uses too), so a type seen in both states of the
+edited concept gets the group calibration of :mod:`sccbgm.groups`.
 
 Metrics (lower is better, except the diagnostics ``response_share``, ``slope_*``: best near 1)
 ------------------------------------------------------------------------------------------
@@ -115,7 +118,12 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FM on PCs (edit), count mean": ({"model": "sccbgm-fm"}, {"mode": "edit", "count_edit": "mean"}),
     "FM on genes (edit), count mean": (
         {"model": "sccbgm-fm", "representation": "genes"}, {"mode": "edit", "count_edit": "mean"}),
+    "default, no group calibration": ({}, {"group_calibration": False}),
 }
+GROUPBY = "cell_type"
+"""The obs column every scCBGM / CBGM of the protocol is fitted with as ``groupby`` (the cell
+types, which the within-type floor uses too): data the user has, not a setting
+(:mod:`sccbgm.groups`)."""
 ENSEMBLE = "default, ensemble of the half's seeds"
 """The default edit averaged over the models of the half's seeds (one per task and half): the
 members' log rate ratios are averaged, then applied in count space as a single model's are."""
@@ -332,10 +340,11 @@ def _prepare_pkg_space(task: Task, seed: int) -> None:
 
 
 # ----------------------------------------------------------------------------- ensemble
-def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -> np.ndarray:
+def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any], train: Any = None) -> np.ndarray:
     """The default edit of an ensemble made of member 0 of each of ``models`` (fitted on the same
     cells, so they share one input transform), log-normalised at 1e4 (n, G): ``sccbgm.edit`` of
-    that ensemble, i.e. the members' log rate ratios averaged and applied once in count space."""
+    that ensemble, i.e. the members' log rate ratios averaged and applied once in count space.
+    Members fitted with ``groupby``: the ensemble's group calibration is refitted on ``train``."""
     import sccbgm
     from sccbgm.model import Model
 
@@ -348,6 +357,12 @@ def ensemble_edit(models: Sequence[Any], source: Any, set_: Mapping[str, Any]) -
             raise SCCBGMError("ensemble members must share their concepts and input transform (same training cells).")
     ensemble = Model(name=first.name, spec=first.spec, transform=first.transform, parts=first.parts,
                      options=first.options, more_members=[m.parts for m in models[1:]])
+    if first.group_responses is not None:
+        if train is None:
+            raise SCCBGMError("members fitted with groupby need the training cells (train=) to calibrate the ensemble.")
+        from sccbgm.groups import fit_group_responses
+
+        ensemble.group_responses = fit_group_responses(ensemble, train, first.group_responses.groupby)
     edited = sccbgm.edit(ensemble, source, set=dict(set_))
     return rescale(np.asarray(edited.X, dtype=np.float64), first.transform.target_sum)
 
@@ -358,7 +373,7 @@ SIM_ENSEMBLE_OFFSET = 100
 
 def _ensemble_row(task: Task, models: Sequence[Any], seed: int) -> dict[str, Any]:
     _prepare_pkg_space(task, seed)
-    pred = ensemble_edit(models, task.source, task.set)
+    pred = ensemble_edit(models, task.source, task.set, task.train)
     return {"editor": ENSEMBLE, "kind": "candidate", "dataset": task.dataset, "task": task.name, "seed": seed,
             "n_members": len(models), **score(task, pred, seed)}
 
@@ -382,6 +397,8 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
     for cand in candidates:
         fit_opts, edit_opts = CANDIDATES[cand]
         fit_opts = {**fit_extra, **fit_opts}
+        if fit_opts.get("model", "sccbgm") in ("sccbgm", "cbgm"):
+            fit_opts.setdefault("groupby", GROUPBY)
         if fit_opts.get("model", "sccbgm") == "sccbgm":
             fit_opts = {k: v for k, v in fit_opts.items() if not k.startswith("flow_")}
         key = json.dumps(fit_opts, sort_keys=True)
@@ -396,6 +413,7 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
         if key not in fits:
             t0 = time.perf_counter()
             base_opts = {k: v for k, v in fit_opts.items() if k not in ("model",) and not k.startswith("flow_")}
+            base_opts["groupby"] = GROUPBY
             base_key = json.dumps(base_opts, sort_keys=True)
             kwargs: dict[str, Any] = dict(fit_opts)
             if fit_opts.get("model") == "sccbgm-fm" and base_key in fits and "representation" not in fit_opts:

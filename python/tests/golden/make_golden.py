@@ -5,7 +5,9 @@
 writes ``python/tests/golden/model_v<FORMAT_VERSION>.sccbgm`` (a tiny scCBGM, a few KB; from v2,
 the version that added ensembles, an ensemble of 2, since a single model is still written as v1) and
 ``model_v<FORMAT_VERSION>.expected.npy`` (its residual edit of the first 8 golden cells to
-stim=STIM). ``test_model_files.py`` loads every ``model_v*.sccbgm`` here and checks that it still
+stim=STIM); from v3, the version that added group calibration, a model fitted with
+``groupby="cell_type"`` and also ``model_v<N>.expected_groups.npy``, its default (count-space,
+group-calibrated) edit of the same cells. ``test_model_files.py`` loads every ``model_v*.sccbgm`` here and checks that it still
 loads, encodes and edits, and gives the same edit. Run it once per new format version; never
 regenerate an existing version's file (the point is that old files keep working).
 """
@@ -51,6 +53,12 @@ def golden_edit(model, adata: ad.AnnData) -> np.ndarray:
     return sccbgm.edit(model, adata[:EXPECTED_CELLS], {"stim": "STIM"}, count_edit=None, shift_unknown=False).X
 
 
+def golden_group_edit(model, adata: ad.AnnData) -> np.ndarray:
+    import sccbgm
+
+    return sccbgm.edit(model, adata[:EXPECTED_CELLS], {"stim": "STIM"}).X
+
+
 def main() -> None:
     import sccbgm
     from sccbgm.model import FORMAT_VERSION
@@ -58,10 +66,13 @@ def main() -> None:
     adata = golden_data()
     model = sccbgm.fit(adata, ["stim", "cell_type"], seed=0, epochs=40, hidden_dim=16, n_layers=1,
                        latent_dim=4, unknown_dim=4, n_pcs=6, batch_size=64, progress=False,
-                       num_threads=1, n_members=1 if FORMAT_VERSION == 1 else 2)
+                       num_threads=1, n_members=1 if FORMAT_VERSION == 1 else 2,
+                       groupby="cell_type" if FORMAT_VERSION >= 3 else None)
     path = HERE / f"model_v{FORMAT_VERSION}.sccbgm"
     sccbgm.save(model, path)
     np.save(HERE / f"model_v{FORMAT_VERSION}.expected.npy", golden_edit(sccbgm.load(path), adata))
+    if FORMAT_VERSION >= 3:
+        np.save(HERE / f"model_v{FORMAT_VERSION}.expected_groups.npy", golden_group_edit(sccbgm.load(path), adata))
     print(f"wrote {path} ({path.stat().st_size} bytes): {model}")
 
 

@@ -74,3 +74,30 @@ test_that("n_members must be a positive whole number", {
   expect_error(fit_small(tiny_sce(), "stim", n_members = 0), "n_members")
   expect_error(fit_small(tiny_sce(), "stim", n_members = 1.5), "n_members")
 })
+
+test_that("a model fitted with groupby calibrates the edit per group, from R as from Python", {
+  skip_if_no_sccbgm()
+  sce <- tiny_sce()
+  expect_error(fit_small(sce, "stim", groupby = "nope"), "groupby column\\(s\\) 'nope' not found")
+  model <- fit_small(sce, "stim", groupby = "flag", n_members = 2L)
+  expect_identical(model$groupby, "flag")
+  edited <- sccbgm_edit(sce, model, set = list(stim = "STIM"))
+  record <- S4Vectors::metadata(edited)$sccbgm
+  expect_identical(record$group_calibration_groupby, "flag")
+  # every control cell with a label is corrected (both flag groups were seen ctrl and STIM)
+  expect_identical(record$group_calibration_n_cells, sum(sce$stim == "ctrl", na.rm = TRUE))
+  plain <- sccbgm_edit(sce, model, set = list(stim = "STIM"), group_calibration = FALSE)
+  expect_null(S4Vectors::metadata(plain)$sccbgm$group_calibration_n_cells)
+  x <- SummarizedExperiment::assay(edited, "sccbgm")
+  ctrl <- which(sce$stim == "ctrl")
+  expect_gt(max(abs(x[, ctrl] - SummarizedExperiment::assay(plain, "sccbgm")[, ctrl])), 0.01)
+  # the same numbers as the Python edit of the same cells, group column passed along
+  spec <- sccbgm:::.engine_spec(sce, NULL, "counts", c("stim", "flag"))
+  py <- sccbgm:::.r(bridge()$edit(model$py, spec, sccbgm:::.set_spec(list(stim = "STIM"), ncol(sce))))
+  expect_equal(unname(x), unname(sccbgm:::.matrix_from_spec(py$X)), tolerance = 1e-6)
+  # and the calibration survives a save / load round trip
+  path <- tempfile(fileext = ".sccbgm")
+  sccbgm_save(model, path)
+  again <- sccbgm_edit(sce, sccbgm_load(path), set = list(stim = "STIM"))
+  expect_equal(SummarizedExperiment::assay(again, "sccbgm"), x, tolerance = 1e-6)
+})
