@@ -114,20 +114,21 @@ def _states(model: Any, obs: pd.DataFrame) -> dict[str, tuple[list[str], np.ndar
 
 
 def state_index(series: pd.Series, values: list[str], kind: str) -> np.ndarray:
-    """Index of each cell's value in ``values`` (-1: missing or unknown)."""
+    """Index of each cell's value in ``values`` (-1: missing or unknown); one lookup per distinct value."""
     from sccbgm.concepts import category_label
 
-    raw = series.to_numpy(dtype=object)
-    out = np.full(raw.size, -1, dtype=np.int64)
     lookup = {v: i for i, v in enumerate(values)}
-    for i, v in enumerate(raw):
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            continue
-        key = category_label(float(v)) if kind == "binary" and not isinstance(v, str) else str(v)
-        if kind == "binary" and isinstance(v, (bool, np.bool_)):
-            key = "1" if v else "0"
-        out[i] = lookup.get(key, -1)
-    return out
+
+    def one(v: Any) -> int:
+        if isinstance(v, (bool, np.bool_)):
+            return lookup.get("1" if v else "0", -1)
+        if kind == "binary" and not isinstance(v, str):
+            return lookup.get(category_label(float(v)), -1)
+        return lookup.get(str(v), -1)
+
+    codes, uniques = pd.factorize(pd.Series(series).reset_index(drop=True), use_na_sentinel=True)
+    table = np.array([one(v) for v in uniques] + [-1], dtype=np.int64)  # the last entry: missing (-1)
+    return table[codes]
 
 
 def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None = None,
@@ -143,10 +144,9 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
             f"(this model: {model.name!r} on {model.transform.input_kind!r} values)."
         )
     tr = model.transform
-    group_of = adata.obs[groupby].astype(str).to_numpy()
-    missing = adata.obs[groupby].isna().to_numpy()
-    groups = sorted(set(group_of[~missing]))
-    gidx = np.array([groups.index(g) if not m else -1 for g, m in zip(group_of, missing, strict=True)], dtype=np.int64)
+    column = adata.obs[groupby].astype(object).where(adata.obs[groupby].notna(), None)
+    groups = sorted({str(v) for v in column if v is not None})
+    gidx = state_index(column, groups, "categorical")
     states = {k: v for k, v in _states(model, adata.obs).items() if k != groupby}
     n_genes = len(model.genes)
     # one pass: per (column, value, group) the sum and sum of squares of normalised counts
@@ -226,28 +226,30 @@ def edit_codes(responses: GroupResponses, model: Any, obs: pd.DataFrame, set_: d
     """Per edited cell and edited column, the flat index p * n_groups + g into ``shift`` / ``sd``
     of its correction, or -1 (n_cells, n_edited_columns). ``assigned_columns``: column -> bool
     (n,) whether the edit changes that column for the cell."""
-    n = len(obs)
+    n, n_groups = len(obs), len(responses.groups)
     codes = np.full((n, max(len(set_), 1)), -1, dtype=np.int64)
     if responses.groupby not in obs:
         return codes
-    group = obs[responses.groupby].astype(str).to_numpy()
-    missing = obs[responses.groupby].isna().to_numpy()
-    gpos = {g: i for i, g in enumerate(responses.groups)}
-    gi = np.array([gpos.get(g, -1) if not m else -1 for g, m in zip(group, missing, strict=True)], dtype=np.int64)
+    gi = state_index(obs[responses.groupby].astype(object).where(obs[responses.groupby].notna(), None),
+                     responses.groups, "categorical")
+    eligible = (responses.n_cells >= MIN_CELLS).all(axis=2)  # (n_pairs, n_groups)
     states = _states(model, obs)
-    ppos = {p: i for i, p in enumerate(responses.pairs)}
     for j, (name, value) in enumerate(set_.items()):
         if name not in states:
             continue
         vals, idx = states[name]
+        pair = np.full((len(vals), len(vals)), -1, dtype=np.int64)
+        for p, key in enumerate(responses.pairs):
+            col, a, b = key.split("|")
+            if col == name and a in vals and b in vals:
+                pair[vals.index(a), vals.index(b)] = p
         target = state_index(pd.Series(np.broadcast_to(np.asarray(value, dtype=object), (n,))), vals,
                              next(c.kind for c in model.spec.columns if c.name == name))
-        for i in range(n):
-            if idx[i] < 0 or target[i] < 0 or gi[i] < 0 or not assigned_columns[name][i]:
-                continue
-            p = ppos.get(f"{name}|{vals[idx[i]]}|{vals[target[i]]}")
-            if p is not None and (responses.n_cells[p, gi[i]] >= MIN_CELLS).all():
-                codes[i, j] = p * len(responses.groups) + gi[i]
+        ok = (idx >= 0) & (target >= 0) & (gi >= 0) & np.asarray(assigned_columns[name], dtype=bool)
+        p = np.where(ok, pair[np.maximum(idx, 0), np.maximum(target, 0)], -1)
+        ok &= p >= 0
+        ok[ok] = eligible[p[ok], gi[ok]]
+        codes[ok, j] = p[ok] * n_groups + gi[ok]
     return codes
 
 

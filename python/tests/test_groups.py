@@ -145,3 +145,12 @@ def test_group_calibration_errors(data, model):
     edited = sccbgm.edit(model, bare, {"stim": 1})
     assert edited.uns["sccbgm_edit"]["group_calibration"]["n_cells"] == 0
     np.testing.assert_array_equal(edited.X, sccbgm.edit(model, test, {"stim": 1}, group_calibration=False).X)
+
+
+def test_state_index_reads_each_kind_of_label():
+    from sccbgm.groups import state_index
+
+    binary = pd.Series([0, 1.0, True, False, np.nan, 2, "1"], dtype=object)
+    np.testing.assert_array_equal(state_index(binary, ["0", "1"], "binary"), [0, 1, 1, 0, -1, -1, 1])
+    cats = pd.Series(pd.Categorical(["ctrl", "STIM", None, "other"]))
+    np.testing.assert_array_equal(state_index(cats, ["ctrl", "STIM"], "categorical"), [0, 1, -1, -1])
