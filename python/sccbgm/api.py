@@ -153,7 +153,7 @@ def fit(
         is calibrated to: where a group has training cells in both states of a concept, an edit
         of that concept for the group's cells is pulled towards the group's observed response,
         by empirical Bayes (:mod:`sccbgm.groups`; ``model.group_responses.summary()``). A group
-        seen in one state only keeps the model's edit. scCBGM / CBGM on raw counts only. None
+        seen in one state only keeps the model's edit. ``model="sccbgm"`` on raw counts only. None
         (default): no calibration. The validation protocol passes the cell type
         (docs/validation.md).
     **options
@@ -248,10 +248,10 @@ def fit(
     if groupby is not None:
         if not isinstance(groupby, str) or groupby not in adata.obs:
             raise SCCBGMError(f"groupby must name an obs column; {groupby!r} is not one.")
-        if model not in ("sccbgm", "cbgm") or transform.input_kind != "counts":
+        if model != "sccbgm" or transform.input_kind != "counts":
             raise SCCBGMError(
-                "groupby calibrates the count-space edit, which needs model='sccbgm' or 'cbgm' fitted on "
-                f"raw counts (here: model={model!r} on {transform.input_kind!r} values)."
+                "groupby calibrates the default count-space edit of model='sccbgm' fitted on raw counts "
+                f"(here: model={model!r} on {transform.input_kind!r} values)."
             )
         options_record["groupby"] = groupby
     job = FitJob(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)

@@ -138,9 +138,9 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
 
     if groupby not in adata.obs:
         raise SCCBGMError(f"groupby column {groupby!r} is not in adata.obs.")
-    if model.transform.input_kind != "counts" or "vae" not in model.parts or "flow" in model.parts:
+    if model.transform.input_kind != "counts" or model.name != "sccbgm" or "flow" in model.parts:
         raise SCCBGMError(
-            "groupby calibrates the count-space edit, which needs a scCBGM / CBGM fitted on raw counts "
+            "groupby calibrates the default count-space edit, which needs a scCBGM fitted on raw counts "
             f"(this model: {model.name!r} on {model.transform.input_kind!r} values)."
         )
     tr = model.transform

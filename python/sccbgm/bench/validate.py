@@ -29,7 +29,7 @@ between the held-out type's own concept-on and concept-off cells (in the C.6 var
 the held-out population, which no model sees, so it is an oracle-like floor; in the ``-seen``
 variants it uses training cells only). Candidates: :data:`CANDIDATES` (name -> fit options,
 edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options
-beyond the data's description: every scCBGM / CBGM is fitted with ``groupby=``:data:`GROUPBY`
+beyond the data's description: every scCBGM is fitted with ``groupby=``:data:`GROUPBY`
 (the cell types, which the within-type floor uses too), so a type seen in both states of the
 edited concept gets the group calibration of :mod:`sccbgm.groups`.
 
@@ -121,7 +121,7 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default, no group calibration": ({}, {"group_calibration": False}),
 }
 GROUPBY = "cell_type"
-"""The obs column every scCBGM / CBGM of the protocol is fitted with as ``groupby`` (the cell
+"""The obs column every scCBGM of the protocol is fitted with as ``groupby`` (the cell
 types, which the within-type floor uses too): data the user has, not a setting
 (:mod:`sccbgm.groups`)."""
 ENSEMBLE = "default, ensemble of the half's seeds"
@@ -397,7 +397,7 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
     for cand in candidates:
         fit_opts, edit_opts = CANDIDATES[cand]
         fit_opts = {**fit_extra, **fit_opts}
-        if fit_opts.get("model", "sccbgm") in ("sccbgm", "cbgm"):
+        if fit_opts.get("model", "sccbgm") == "sccbgm":
             fit_opts.setdefault("groupby", GROUPBY)
         if fit_opts.get("model", "sccbgm") == "sccbgm":
             fit_opts = {k: v for k, v in fit_opts.items() if not k.startswith("flow_")}
