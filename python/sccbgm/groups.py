@@ -134,7 +134,7 @@ def state_index(series: pd.Series, values: list[str], kind: str) -> np.ndarray:
 def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None = None,
                         seed: int = 0) -> GroupResponses:
     """Measure each group's responses on the training cells and shrink them (module docstring)."""
-    from sccbgm.editing import RATE_EPS, edit_cells, read_chunks
+    from sccbgm.editing import RATE_EPS
 
     if groupby not in adata.obs:
         raise SCCBGMError(f"groupby column {groupby!r} is not in adata.obs.")
@@ -143,61 +143,31 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
             "groupby calibrates the default count-space edit, which needs a scCBGM fitted on raw counts "
             f"(this model: {model.name!r} on {model.transform.input_kind!r} values)."
         )
-    tr = model.transform
     column = adata.obs[groupby].astype(object).where(adata.obs[groupby].notna(), None)
     groups = sorted({str(v) for v in column if v is not None})
     gidx = state_index(column, groups, "categorical")
     states = {k: v for k, v in _states(model, adata.obs).items() if k != groupby}
-    n_genes = len(model.genes)
-    # one pass: per (column, value, group) the sum and sum of squares of normalised counts
-    acc = {(k, s): (np.zeros((len(groups), n_genes)), np.zeros((len(groups), n_genes)),
-                    np.zeros(len(groups), dtype=np.int64)) for k, (vals, _) in states.items() for s in range(len(vals))}
-    rows = np.arange(adata.n_obs)
-    for pos, raw in read_chunks(model, adata, rows, layer):
-        x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
-        norm = np.expm1(tr.lognorm(np.asarray(x, dtype=np.float64)))
-        g_chunk = gidx[pos]
-        for k, (vals, idx) in states.items():
-            s_chunk = idx[pos]
-            for s in range(len(vals)):
-                sums, sq, n = acc[(k, s)]
-                for g in np.unique(g_chunk[(s_chunk == s) & (g_chunk >= 0)]):
-                    sel = (s_chunk == s) & (g_chunk == g)
-                    sums[g] += norm[sel].sum(0)
-                    sq[g] += (norm[sel] ** 2).sum(0)
-                    n[g] += int(sel.sum())
+    moments = _group_moments(model, adata, layer, states, gidx, len(groups))
     rng = np.random.default_rng(seed)
     pairs, shifts, sds, counts, tau2s = [], [], [], [], []
     for k, (vals, idx) in states.items():
         for a in range(len(vals)):
             for b in range(len(vals)):
-                if a == b:
-                    continue
-                n_a, n_b = acc[(k, a)][2], acc[(k, b)][2]
+                n_a, n_b = moments[(k, a)][2], moments[(k, b)][2]
                 eligible = np.flatnonzero((n_a >= MIN_CELLS) & (n_b >= MIN_CELLS))
-                if eligible.size == 0:
+                if a == b or eligible.size == 0:
                     continue
-                d = np.zeros((len(groups), n_genes))
-                v = np.zeros((len(groups), n_genes))
-                target = _value(model, k, vals[b])
+                d = np.zeros((len(groups), len(model.genes)))
+                v = np.zeros_like(d)
                 for g in eligible:
-                    m_a, m_b = (acc[(k, s)][0][g] / acc[(k, s)][2][g] for s in (a, b))
-                    var_a, var_b = (
-                        np.clip(acc[(k, s)][1][g] - acc[(k, s)][2][g] * m**2, 0, None) / (acc[(k, s)][2][g] - 1)
-                        for s, m in ((a, m_a), (b, m_b))
-                    )
-                    observed = np.log((m_b + RATE_EPS) / (m_a + RATE_EPS))
+                    (m_a, var_a), (m_b, var_b) = (_mean_var(moments[(k, s)], g) for s in (a, b))
                     v[g] = var_b / (n_b[g] * (m_b + RATE_EPS) ** 2) + var_a / (n_a[g] * (m_a + RATE_EPS) ** 2)
                     cells = np.flatnonzero((idx == a) & (gidx == g))
                     if cells.size > MAX_CELLS:
                         cells = np.sort(rng.choice(cells, MAX_CELLS, replace=False))
-                    edited = edit_cells(model, adata, {k: target}, cells=cells, layer=layer, count_edit="mean",
-                                        group_calibration=False, uncertainty=False)
-                    before = np.concatenate([
-                        np.expm1(tr.lognorm(np.asarray(r.toarray() if hasattr(r, "toarray") else r, np.float64)))
-                        for _, r in read_chunks(model, adata, cells, layer)])
-                    after = np.expm1(np.asarray(edited.X, dtype=np.float64))
-                    d[g] = observed - np.log((after.mean(0) + RATE_EPS) / (before.mean(0) + RATE_EPS))
+                    before, after = _model_edit(model, adata, layer, cells, {k: _value(model, k, vals[b])})
+                    d[g] = np.log((m_b + RATE_EPS) / (m_a + RATE_EPS)) - np.log(
+                        (after.mean(0) + RATE_EPS) / (before.mean(0) + RATE_EPS))
                 tau2 = max(0.0, float((d[eligible] ** 2).mean() - v[eligible].mean()))
                 w = np.zeros_like(d)
                 w[eligible] = tau2 / (tau2 + v[eligible]) if tau2 > 0 else 0.0
@@ -213,6 +183,54 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
         )
     return GroupResponses(groupby=groupby, groups=groups, pairs=pairs, shift=np.stack(shifts), sd=np.stack(sds),
                           n_cells=np.stack(counts).astype(np.int64), tau2=tau2s)
+
+
+def _normalised(model: Any, raw: Any) -> np.ndarray:
+    """Raw counts block -> counts normalised to the model's ``target_sum`` (n, G) float64."""
+    x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
+    return np.expm1(model.transform.lognorm(np.asarray(x, dtype=np.float64)))
+
+
+def _group_moments(model: Any, adata: Any, layer: str | None, states: dict[str, Any], gidx: np.ndarray,
+                   n_groups: int) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One chunked pass: per (column, value index) the per-group sum and sum of squares of the
+    normalised counts (n_groups, G) and the cell counts (n_groups,)."""
+    from sccbgm.editing import read_chunks
+
+    n_genes = len(model.genes)
+    acc = {(k, s): (np.zeros((n_groups, n_genes)), np.zeros((n_groups, n_genes)), np.zeros(n_groups, dtype=np.int64))
+           for k, (vals, _) in states.items() for s in range(len(vals))}
+    for pos, raw in read_chunks(model, adata, np.arange(adata.n_obs), layer):
+        norm = _normalised(model, raw)
+        g_chunk = gidx[pos]
+        for k, (vals, idx) in states.items():
+            s_chunk = idx[pos]
+            for s in range(len(vals)):
+                sums, sq, n = acc[(k, s)]
+                for g in np.unique(g_chunk[(s_chunk == s) & (g_chunk >= 0)]):
+                    sel = (s_chunk == s) & (g_chunk == g)
+                    sums[g] += norm[sel].sum(0)
+                    sq[g] += (norm[sel] ** 2).sum(0)
+                    n[g] += int(sel.sum())
+    return acc
+
+
+def _mean_var(moments: tuple[np.ndarray, np.ndarray, np.ndarray], g: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance (ddof 1) per gene of group g from its sums (see :func:`_group_moments`)."""
+    sums, sq, n = moments
+    mean = sums[g] / n[g]
+    return mean, np.clip(sq[g] - n[g] * mean**2, 0, None) / (n[g] - 1)
+
+
+def _model_edit(model: Any, adata: Any, layer: str | None, cells: np.ndarray,
+                set_: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised counts of ``cells`` before and after the model's own expected count edit (n, G)."""
+    from sccbgm.editing import edit_cells, read_chunks
+
+    edited = edit_cells(model, adata, set_, cells=cells, layer=layer, count_edit="mean",
+                        group_calibration=False, uncertainty=False)
+    before = np.concatenate([_normalised(model, r) for _, r in read_chunks(model, adata, cells, layer)])
+    return before, np.expm1(np.asarray(edited.X, dtype=np.float64))
 
 
 def _value(model: Any, column: str, value: str) -> Any:
