@@ -109,14 +109,16 @@ def count_space_edit(
 
 def edited_counts(
     counts: np.ndarray, factual: np.ndarray, edited: np.ndarray, target_sum: float,
-    rng: np.random.Generator | None, expectation: bool = False,
+    rng: np.random.Generator | None, expectation: bool = False, rate: np.ndarray | None = None,
 ) -> np.ndarray:
-    """The edited counts (n, G) of :func:`count_space_edit`, before normalisation."""
+    """The edited counts (n, G) of :func:`count_space_edit`, before normalisation. ``rate``: the
+    cells' :func:`posterior_rate`, when the caller has it already."""
     counts = np.asarray(counts, dtype=np.float64)
     mu_f = np.expm1(np.clip(factual, 0.0, None))
     mu_e = np.expm1(np.clip(edited, 0.0, None))
     ratio = (mu_e + RATE_EPS) / (mu_f + RATE_EPS)
-    rate = posterior_rate(counts, mu_f, target_sum)
+    if rate is None:
+        rate = posterior_rate(counts, mu_f, target_sum)
     down = ratio < 1.0
     if expectation:
         new = np.where(down, counts * ratio, counts + rate * (ratio - 1.0))
@@ -143,6 +145,7 @@ def posterior_rate(counts: np.ndarray, factual_rate: np.ndarray, target_sum: flo
 def count_space_interval(
     counts: np.ndarray, factual: np.ndarray, log_ratio: np.ndarray, log_ratio_sd: np.ndarray,
     edited_counts_total: np.ndarray, target_sum: float, half_width: float, level: float,
+    rate: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictive interval (lower, upper), log-normalised (n, G), of the count-space edit.
 
@@ -159,7 +162,8 @@ def count_space_interval(
 
     counts = np.asarray(counts, dtype=np.float64)
     shape = COUNT_THETA + counts
-    rate = posterior_rate(counts, np.expm1(np.clip(factual, 0.0, None)), target_sum)
+    if rate is None:
+        rate = posterior_rate(counts, np.expm1(np.clip(factual, 0.0, None)), target_sum)
     tail = (1.0 - level) / 2.0
 
     def quantile(log_r: np.ndarray, q: float) -> np.ndarray:
@@ -622,9 +626,10 @@ def _edit_chunk_members(
     if count_edit is not None:
         assert fact_first is not None and log_ratio is not None
         mu_f = np.expm1(np.clip(fact_first, 0.0, None))
+        rate = posterior_rate(x_raw, mu_f, tr.target_sum)
         edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
         new_counts = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
-                                   expectation=count_edit == "mean")
+                                   expectation=count_edit == "mean", rate=rate)
         mean = lognormalise(new_counts, tr.target_sum)
     sink.put("X", pos, np.clip(mean, 0.0, None))
     sink.put("X_concepts_factual", pos, c_fact)
@@ -636,10 +641,10 @@ def _edit_chunk_members(
             assert log_ratio_sq is not None
             ratio_sd = np.sqrt(np.clip(log_ratio_sq - log_ratio**2, 0.0, None) * n_members / (n_members - 1))
             expected = new_counts if count_edit == "mean" else edited_counts(
-                x_raw, fact_first, edited_mean, tr.target_sum, None, expectation=True)
+                x_raw, fact_first, edited_mean, tr.target_sum, None, expectation=True, rate=rate)
             lower, upper = count_space_interval(x_raw, fact_first, log_ratio, ratio_sd,
                                                 expected.sum(axis=1, keepdims=True), tr.target_sum,
-                                                half_width, LEVEL)
+                                                half_width, LEVEL, rate=rate)
             # a predictive interval of a count may sit beside its expectation (Bin(1, 0.99) has 5%
             # quantile 1): widen it to always hold the edit returned
             lower, upper = np.minimum(lower, mean), np.maximum(upper, mean)
