@@ -471,8 +471,8 @@ def edit_cells(
     if use_groups:
         from sccbgm.groups import edit_codes
 
-        changed = {name: assigned[:, slices[name]].any(axis=1) for name in set_}
-        codes = edit_codes(responses, model, obs, dict(set_), changed)
+        groups = obs[responses.groupby] if responses.groupby in obs else pd.Series([None] * n, dtype=object)
+        codes = edit_codes(responses, spec, groups, observed, obs_mask, target, assigned)
 
     new_obs = obs.copy()
     for name in set_:

@@ -100,34 +100,29 @@ class GroupResponses:
         return pd.DataFrame(rows)
 
 
-def _states(model: Any, obs: pd.DataFrame) -> dict[str, tuple[list[str], np.ndarray]]:
-    """Calibrated concept columns -> (their values as strings, per-cell value index; -1 missing)."""
+def concept_states(spec: Any, values: np.ndarray, mask: np.ndarray) -> dict[str, tuple[list[str], np.ndarray]]:
+    """Calibrated concept columns -> (their values as strings, per-cell value index; -1 where the
+    label is missing), read off a concept matrix and its mask (n, K) as
+    :meth:`sccbgm.concepts.ConceptSpec.encode` (labels) or ``target_values`` (an edit) give them."""
     out = {}
-    for col in model.spec.columns:
-        if col.kind == "continuous" or col.name not in obs:
+    for col, sl in zip(spec.columns, spec.slices().values(), strict=True):
+        if col.kind == "continuous":
             continue
-        values = ["0", "1"] if col.kind == "binary" else [str(c) for c in col.categories]
-        if len(values) > MAX_STATES:
+        names = ["0", "1"] if col.kind == "binary" else [str(c) for c in col.categories]
+        if len(names) > MAX_STATES:
             continue
-        out[col.name] = (values, state_index(obs[col.name], values, col.kind))
+        block = values[:, sl]
+        idx = block[:, 0].round().astype(np.int64) if col.kind == "binary" else block.argmax(axis=1)
+        out[col.name] = (names, np.where((mask[:, sl] > 0).all(axis=1), idx, -1))
     return out
 
 
-def state_index(series: pd.Series, values: list[str], kind: str) -> np.ndarray:
-    """Index of each cell's value in ``values`` (-1: missing or unknown); one lookup per distinct value."""
-    from sccbgm.concepts import category_label
-
-    lookup = {v: i for i, v in enumerate(values)}
-
-    def one(v: Any) -> int:
-        if isinstance(v, (bool, np.bool_)):
-            return lookup.get("1" if v else "0", -1)
-        if kind == "binary" and not isinstance(v, str):
-            return lookup.get(category_label(float(v)), -1)
-        return lookup.get(str(v), -1)
-
-    codes, uniques = pd.factorize(pd.Series(series).reset_index(drop=True), use_na_sentinel=True)
-    table = np.array([one(v) for v in uniques] + [-1], dtype=np.int64)  # the last entry: missing (-1)
+def group_index(series: pd.Series, groups: list[str]) -> np.ndarray:
+    """Index of each cell's group (its label as a string) in ``groups`` (-1: missing or unknown);
+    one lookup per distinct label."""
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    lookup = {g: i for i, g in enumerate(groups)}
+    table = np.array([lookup.get(str(u), -1) for u in uniques] + [-1], dtype=np.int64)  # last: missing
     return table[codes]
 
 
@@ -143,10 +138,11 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
             "groupby calibrates the default count-space edit, which needs a scCBGM fitted on raw counts "
             f"(this model: {model.name!r} on {model.transform.input_kind!r} values)."
         )
-    column = adata.obs[groupby].astype(object).where(adata.obs[groupby].notna(), None)
-    groups = sorted({str(v) for v in column if v is not None})
-    gidx = state_index(column, groups, "categorical")
-    states = {k: v for k, v in _states(model, adata.obs).items() if k != groupby}
+    column = adata.obs[groupby]
+    groups = sorted({str(v) for v in column[column.notna()]})
+    gidx = group_index(column, groups)
+    labels, mask = model.spec.encode(adata.obs, require=False, unknown_as_missing=True)
+    states = {k: v for k, v in concept_states(model.spec, labels, mask).items() if k != groupby}
     moments = _group_moments(model, adata, layer, states, gidx, len(groups))
     rng = np.random.default_rng(seed)
     pairs, shifts, sds, counts, tau2s = [], [], [], [], []
@@ -239,32 +235,27 @@ def _value(model: Any, column: str, value: str) -> Any:
     return int(value) if col.kind == "binary" else value
 
 
-def edit_codes(responses: GroupResponses, model: Any, obs: pd.DataFrame, set_: dict[str, Any],
-               assigned_columns: dict[str, np.ndarray]) -> np.ndarray:
-    """Per edited cell and edited column, the flat index p * n_groups + g into ``shift`` / ``sd``
-    of its correction, or -1 (n_cells, n_edited_columns). ``assigned_columns``: column -> bool
-    (n,) whether the edit changes that column for the cell."""
-    n, n_groups = len(obs), len(responses.groups)
-    codes = np.full((n, max(len(set_), 1)), -1, dtype=np.int64)
-    if responses.groupby not in obs:
-        return codes
-    gi = state_index(obs[responses.groupby].astype(object).where(obs[responses.groupby].notna(), None),
-                     responses.groups, "categorical")
+def edit_codes(responses: GroupResponses, spec: Any, groups: pd.Series, observed: np.ndarray,
+               observed_mask: np.ndarray, target: np.ndarray, assigned: np.ndarray) -> np.ndarray:
+    """Per edited cell and calibrated column, the flat index p * n_groups + g into ``shift`` /
+    ``sd`` of its correction, or -1 (n_cells, n_columns). ``groups``: the cells' ``groupby``
+    labels; ``observed`` / ``observed_mask``: their encoded concept labels; ``target`` /
+    ``assigned``: the edit (n, K), ``assigned`` False where the cell keeps its value."""
+    n_groups = len(responses.groups)
+    gi = group_index(groups, responses.groups)
     eligible = (responses.n_cells >= MIN_CELLS).all(axis=2)  # (n_pairs, n_groups)
-    states = _states(model, obs)
-    for j, (name, value) in enumerate(set_.items()):
-        if name not in states:
-            continue
-        vals, idx = states[name]
+    now = concept_states(spec, observed, observed_mask)
+    new = concept_states(spec, target, assigned)
+    codes = np.full((len(gi), max(len(now), 1)), -1, dtype=np.int64)
+    for j, (name, (vals, idx)) in enumerate(now.items()):
         pair = np.full((len(vals), len(vals)), -1, dtype=np.int64)
         for p, key in enumerate(responses.pairs):
             col, a, b = key.split("|")
-            if col == name and a in vals and b in vals:
+            if col == name:
                 pair[vals.index(a), vals.index(b)] = p
-        target = state_index(pd.Series(np.broadcast_to(np.asarray(value, dtype=object), (n,))), vals,
-                             next(c.kind for c in model.spec.columns if c.name == name))
-        ok = (idx >= 0) & (target >= 0) & (gi >= 0) & np.asarray(assigned_columns[name], dtype=bool)
-        p = np.where(ok, pair[np.maximum(idx, 0), np.maximum(target, 0)], -1)
+        to = new[name][1]
+        ok = (idx >= 0) & (to >= 0) & (gi >= 0)
+        p = np.where(ok, pair[np.maximum(idx, 0), np.maximum(to, 0)], -1)
         ok &= p >= 0
         ok[ok] = eligible[p[ok], gi[ok]]
         codes[ok, j] = p[ok] * n_groups + gi[ok]

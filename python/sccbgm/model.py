@@ -272,11 +272,7 @@ class Model:
             if not parts:
                 raise SCCBGMError("the model file holds no network." if m == 0 else f"ensemble member {m + 1} holds no network.")
             members.append(parts)
-        arrays = {}
-        for key in ("transform.mean", "transform.components"):
-            if key not in tensors:
-                raise SCCBGMError(f"the model file lacks the tensor {key!r}; the file is incomplete.")
-            arrays[key] = tensors[key].numpy()
+        arrays = _arrays(tensors, ("transform.mean", "transform.components"))
         transform = InputTransform.from_saved(header["transform"], arrays)
         if arrays["transform.mean"].shape != (len(transform.genes),) or (
             arrays["transform.components"].ndim != 2 or arrays["transform.components"].shape[1] != len(transform.genes)
@@ -286,11 +282,8 @@ class Model:
         if "group_responses" in header:
             from sccbgm.groups import GroupResponses
 
-            for key in ("groups.shift", "groups.sd"):
-                if key not in tensors:
-                    raise SCCBGMError(f"the model file lacks the tensor {key!r}; the file is incomplete.")
             responses = GroupResponses.from_saved(header["group_responses"],
-                                                  {k: tensors[k].numpy() for k in ("groups.shift", "groups.sd")})
+                                                  _arrays(tensors, ("groups.shift", "groups.sd")))
         return cls(
             name=header["name"],
             spec=ConceptSpec.from_dict(header["spec"]),
@@ -301,6 +294,14 @@ class Model:
             more_members=members[1:],
             group_responses=responses,
         )
+
+
+def _arrays(tensors: dict[str, Any], keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named tensors of a model file as numpy arrays; a missing one is an SCCBGMError."""
+    for key in keys:
+        if key not in tensors:
+            raise SCCBGMError(f"the model file lacks the tensor {key!r}; the file is incomplete.")
+    return {key: tensors[key].numpy() for key in keys}
 
 
 def _member_prefix(m: int) -> str:

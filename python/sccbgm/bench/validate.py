@@ -398,9 +398,7 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
         fit_opts, edit_opts = CANDIDATES[cand]
         fit_opts = {**fit_extra, **fit_opts}
         if fit_opts.get("model", "sccbgm") == "sccbgm":
-            fit_opts.setdefault("groupby", GROUPBY)
-        if fit_opts.get("model", "sccbgm") == "sccbgm":
-            fit_opts = {k: v for k, v in fit_opts.items() if not k.startswith("flow_")}
+            fit_opts = {"groupby": GROUPBY, **{k: v for k, v in fit_opts.items() if not k.startswith("flow_")}}
         key = json.dumps(fit_opts, sort_keys=True)
         path = None
         if models_dir is not None:
