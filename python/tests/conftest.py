@@ -79,11 +79,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             report.longrepr = f"{reason} -- under CI a real-data test must run (SCCBGM_ALLOW_MISSING_DATA=1 to skip)"
 
 
-def make_toy(n_cells: int = 1200, n_genes: int = 120, seed: int = 0):
+def make_toy(n_cells: int = 1200, n_genes: int = 120, seed: int = 0, type_effect_sd: float = 0.0):
     """Poisson counts with additive log-rate effects of cell type (3) and stim (binary).
 
     Returns (adata, true_log_rate(cell_type, stim, eps) helper data) where the stim effect is
-    sparse: ``adata.uns['stim_effect']`` (G,) is the true log-scale shift of stim=1.
+    sparse: ``adata.uns['stim_effect']`` (G,) is the true log-scale shift of stim=1 shared by the
+    types. ``type_effect_sd`` > 0 adds a sparse type-specific stim effect (3, G) with that sd
+    (drawn after everything else, so the default toy is unchanged).
     """
     rng = np.random.default_rng(seed)
     ct = rng.integers(0, 3, n_cells)
@@ -93,10 +95,13 @@ def make_toy(n_cells: int = 1200, n_genes: int = 120, seed: int = 0):
     stim_eff = rng.normal(0, 0.8, n_genes) * (rng.random(n_genes) < 0.3)
     eps = rng.normal(0, 0.1, (n_cells, n_genes))
     delta = rng.random((n_cells, n_genes))
+    own = np.zeros((3, n_genes))
+    if type_effect_sd > 0:
+        own = rng.normal(0, type_effect_sd, (3, n_genes)) * (rng.random((3, n_genes)) < 0.3)
     from scipy.stats import poisson
 
     def counts(stim_values: np.ndarray) -> np.ndarray:
-        lam = np.exp(base + ct_eff[ct] + stim_values[:, None] * stim_eff + eps)
+        lam = np.exp(base + ct_eff[ct] + stim_values[:, None] * (stim_eff + own[ct]) + eps)
         return poisson.ppf(delta, lam).astype(np.float32)
 
     obs = pd.DataFrame(

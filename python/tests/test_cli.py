@@ -13,6 +13,15 @@ import sccbgm
 from sccbgm.cli import main
 
 
+def _write_cells(toy, tmp_path, n_cells: int):
+    """The first ``n_cells`` toy cells as ``tmp_path / "cells.h5ad"``; returns (path, the cells)."""
+    data = tmp_path / "cells.h5ad"
+    small = toy[:n_cells].copy()
+    del small.uns["stim_effect"]
+    small.write_h5ad(data)
+    return data, small
+
+
 def test_demo_writes_report_model_and_plots(tmp_path, capsys):
     # 2 ensemble members instead of the demo's 3 keep this test's fit time down
     assert main(["demo", "--out", str(tmp_path), "--cells", "800", "--genes", "60", "--members", "2"]) == 0
@@ -35,10 +44,7 @@ def test_demo_writes_report_model_and_plots(tmp_path, capsys):
 
 
 def test_fit_then_edit_on_h5ad_files(toy, tmp_path):
-    data = tmp_path / "cells.h5ad"
-    small = toy[:300].copy()
-    del small.uns["stim_effect"]
-    small.write_h5ad(data)
+    data, small = _write_cells(toy, tmp_path, 300)
     model_path = tmp_path / "m.sccbgm"
     assert main(["fit", str(data), "--concepts", "stim", "cell_type", "--epochs", "2", "--out", str(model_path)]) == 0
     out = tmp_path / "edited.h5ad"
@@ -51,10 +57,7 @@ def test_fit_then_edit_on_h5ad_files(toy, tmp_path):
 
 
 def test_bad_input_exits_2_with_the_message(toy, tmp_path, capsys):
-    data = tmp_path / "cells.h5ad"
-    small = toy[:50].copy()
-    del small.uns["stim_effect"]
-    small.write_h5ad(data)
+    data, _ = _write_cells(toy, tmp_path, 50)
     assert main(["fit", str(data), "--concepts", "dose", "--out", str(tmp_path / "m.sccbgm")]) == 2
     assert "sccbgm: error: concept column(s) ['dose'] not found" in capsys.readouterr().err
 
@@ -63,10 +66,7 @@ def test_bad_input_exits_2_with_the_message(toy, tmp_path, capsys):
 @pytest.fixture()
 def files(toy, tmp_path):
     """An input .h5ad, a model file fitted from it (2 epochs) and their bytes."""
-    data = tmp_path / "cells.h5ad"
-    small = toy[:120].copy()
-    del small.uns["stim_effect"]
-    small.write_h5ad(data)
+    data, _ = _write_cells(toy, tmp_path, 120)
     model = tmp_path / "m.sccbgm"
     assert main(["fit", str(data), "--concepts", "stim", "cell_type", "--epochs", "2", "--out", str(model)]) == 0
     return data, model
@@ -176,10 +176,7 @@ def test_cli_process_prints_no_traceback(files, tmp_path):
 
 
 def test_fit_an_ensemble_and_edit_with_uncertainty_layers(toy, tmp_path):
-    data = tmp_path / "cells.h5ad"
-    small = toy[:300].copy()
-    del small.uns["stim_effect"]
-    small.write_h5ad(data)
+    data, _ = _write_cells(toy, tmp_path, 300)
     model_path = tmp_path / "ens.sccbgm"
     assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--members", "2",
                  "--out", str(model_path)]) == 0
@@ -200,10 +197,7 @@ def test_bench_errors_are_one_line_too(tmp_path, capsys):
 
 
 def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy, tmp_path):
-    data = tmp_path / "cells.h5ad"
-    small = toy[:300].copy()
-    del small.uns["stim_effect"]
-    small.write_h5ad(data)
+    data, small = _write_cells(toy, tmp_path, 300)
     model_path = tmp_path / "grouped.sccbgm"
     assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--groupby", "cell_type",
                  "--out", str(model_path)]) == 0

@@ -1,6 +1,6 @@
 """Group calibration of the count-space edit (``fit(groupby=...)``, :mod:`sccbgm.groups`).
 
-Data: Poisson counts where stim acts differently in each of three cell types (a shared effect
+Data: the conftest toy where stim acts differently in each of three cell types (a shared effect
 plus a type-specific one, in log rate), with exact counterfactual counts (same uniform draws).
 Type 2 is seen only as control in training, so it must keep the model's edit. Shipped defaults,
 except fewer epochs (the checks compare the calibrated and uncalibrated edits of one model).
@@ -12,7 +12,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from scipy.stats import poisson
+from conftest import make_toy
 
 import sccbgm
 from sccbgm.access import lognormalise
@@ -23,29 +23,9 @@ from sccbgm.groups import MIN_CELLS
 EPOCHS = 30
 
 
-def interaction_data(n_cells: int = 1500, n_genes: int = 80, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    ct = rng.integers(0, 3, n_cells)
-    stim = rng.integers(0, 2, n_cells)
-    base = rng.uniform(0.5, 2.5, n_genes)
-    ct_eff = rng.normal(0, 0.6, (3, n_genes))
-    shared = rng.normal(0, 0.5, n_genes) * (rng.random(n_genes) < 0.3)
-    own = rng.normal(0, 0.8, (3, n_genes)) * (rng.random((3, n_genes)) < 0.3)
-    delta = rng.random((n_cells, n_genes))
-
-    def counts(s: np.ndarray) -> np.ndarray:
-        return poisson.ppf(delta, np.exp(base + ct_eff[ct] + s[:, None] * (shared + own[ct]))).astype(np.float32)
-
-    obs = pd.DataFrame({"cell_type": pd.Categorical([f"type{i}" for i in ct]), "stim": stim},
-                       index=[f"cell{i}" for i in range(n_cells)])
-    adata = ad.AnnData(counts(stim), obs=obs, var=pd.DataFrame(index=[f"gene{j}" for j in range(n_genes)]))
-    adata.obsm["counterfactual_counts"] = counts(1 - stim)
-    return adata
-
-
 @pytest.fixture(scope="module")
 def data():
-    adata = interaction_data()
+    adata = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8)
     held = np.zeros(adata.n_obs, dtype=bool)
     held[1000:] = True  # test cells
     unseen = (adata.obs["cell_type"] == "type2").to_numpy() & (adata.obs["stim"] == 1).to_numpy()
@@ -147,10 +127,18 @@ def test_group_calibration_errors(data, model):
     np.testing.assert_array_equal(edited.X, sccbgm.edit(model, test, {"stim": 1}, group_calibration=False).X)
 
 
-def test_state_index_reads_each_kind_of_label():
-    from sccbgm.groups import state_index
+def test_labels_are_read_as_the_model_reads_them():
+    from sccbgm.concepts import ConceptSpec
+    from sccbgm.groups import concept_states, group_index
 
-    binary = pd.Series([0, 1.0, True, False, np.nan, 2, "1"], dtype=object)
-    np.testing.assert_array_equal(state_index(binary, ["0", "1"], "binary"), [0, 1, 1, 0, -1, -1, 1])
-    cats = pd.Series(pd.Categorical(["ctrl", "STIM", None, "other"]))
-    np.testing.assert_array_equal(state_index(cats, ["ctrl", "STIM"], "categorical"), [0, 1, -1, -1])
+    spec = ConceptSpec.from_obs(pd.DataFrame({"b": [0, 1, 0, 1], "c": pd.Categorical(["ctrl", "STIM"] * 2)}),
+                                ["b", "c"])
+    obs = pd.DataFrame({"b": pd.Series([0, 1.0, True, False, np.nan, 2, "1"], dtype=object),
+                        "c": pd.Categorical(["ctrl", "STIM", None, "other", "ctrl", "ctrl", "ctrl"])})
+    states = concept_states(spec, *spec.encode(obs, require=False, unknown_as_missing=True))
+    assert states["b"][0] == ["0", "1"]
+    np.testing.assert_array_equal(states["b"][1], [0, 1, 1, 0, -1, -1, 1])
+    names, idx = states["c"]
+    np.testing.assert_array_equal([names[i] if i >= 0 else None for i in idx],
+                                  ["ctrl", "STIM", None, None, "ctrl", "ctrl", "ctrl"])
+    np.testing.assert_array_equal(group_index(obs["c"], ["ctrl", "STIM"]), [0, 1, -1, -1, 0, 0, 0])
