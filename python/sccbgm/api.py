@@ -246,13 +246,9 @@ def fit(
     if family.flow:
         options_record["flow"] = cfg["flow"]
     if groupby is not None:
-        if not isinstance(groupby, str) or groupby not in adata.obs:
-            raise SCCBGMError(f"groupby must name an obs column; {groupby!r} is not one.")
-        if model != "sccbgm" or transform.input_kind != "counts":
-            raise SCCBGMError(
-                "groupby calibrates the default count-space edit of model='sccbgm' fitted on raw counts "
-                f"(here: model={model!r} on {transform.input_kind!r} values)."
-            )
+        from sccbgm.groups import check_groupby
+
+        check_groupby(groupby, adata.obs, model, transform.input_kind)  # before any training
         options_record["groupby"] = groupby
     job = FitJob(matrix, transform, spec, values, mask, cfg, options_record, seed, device, progress)
     fitted = fit_ensemble(job, int(n_members), base, num_threads)

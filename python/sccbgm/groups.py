@@ -126,18 +126,24 @@ def group_index(series: pd.Series, groups: list[str]) -> np.ndarray:
     return table[codes]
 
 
+def check_groupby(groupby: Any, obs: pd.DataFrame, model: str, input_kind: str) -> None:
+    """SCCBGMError unless ``groupby`` names an obs column and the model is a scCBGM on raw counts
+    (the count-space edit the calibration corrects is its default)."""
+    if not isinstance(groupby, str) or groupby not in obs:
+        raise SCCBGMError(f"groupby must name an obs column; {groupby!r} is not one.")
+    if model != "sccbgm" or input_kind != "counts":
+        raise SCCBGMError(
+            "groupby calibrates the default count-space edit of model='sccbgm' fitted on raw counts "
+            f"(here: model={model!r} on {input_kind!r} values)."
+        )
+
+
 def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None = None,
                         seed: int = 0) -> GroupResponses:
     """Measure each group's responses on the training cells and shrink them (module docstring)."""
     from sccbgm.editing import RATE_EPS
 
-    if groupby not in adata.obs:
-        raise SCCBGMError(f"groupby column {groupby!r} is not in adata.obs.")
-    if model.transform.input_kind != "counts" or model.name != "sccbgm" or "flow" in model.parts:
-        raise SCCBGMError(
-            "groupby calibrates the default count-space edit, which needs a scCBGM fitted on raw counts "
-            f"(this model: {model.name!r} on {model.transform.input_kind!r} values)."
-        )
+    check_groupby(groupby, adata.obs, model.name, model.transform.input_kind)
     column = adata.obs[groupby]
     groups = sorted({str(v) for v in column[column.notna()]})
     gidx = group_index(column, groups)
