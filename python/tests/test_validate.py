@@ -127,7 +127,11 @@ def test_bench_validate_quick(tmp_path):
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "results.csv")
     sims = table[table.dataset.str.startswith("sim")]
-    assert set(sims.editor) == {*V.FLOORS, "default", "count sample", V.ENSEMBLE}
+    assert set(sims.editor) == {*V.FLOORS, *V.REFERENCES, "default", "count sample", V.ENSEMBLE}
+    with_ref = set(sims.loc[sims.editor == V.ORACLE_SHARED, "dataset"])
+    assert with_ref == {d for d in sims.dataset if "interaction" in d} and with_ref
+    assert (sims.loc[sims.editor == V.ORACLE_SHARED, "kind"] == "reference").all()
+    assert V.ORACLE_SHARED not in set(V.wins(table).editor)
     assert (sims.loc[sims.editor == V.ENSEMBLE, "n_members"] == 2).all()
     assert sims["cell_mse"].notna().all()
     # no edit is 1 in its own ratio by construction (NaN where the unbiased MMD of the unedited
@@ -156,3 +160,26 @@ def test_effect_slopes_by_hand():
     assert exact["slope_shared"] > 0.7 and exact["slope_type"] > 0.7
     additive = V.sim_task("sim-additive", 0, 600, 100)
     assert additive.true_effects.shape == (100, 1)
+
+
+def test_reference_without_the_types_own_effect():
+    """ORACLE_SHARED: the exact counterfactual with e_ku = 0 -- the same counts as the truth on the
+    genes where the type has no own effect, different elsewhere; its mean change follows c_k, not
+    e_ku, and the cells of other types are untouched by the change of e_ku."""
+    task = V.sim_task("sim-interaction", 0, 600, 100)
+    concept, cell_type = task.name.split(":")[1].split("/")[::-1]
+    sim = task.source.uns["simulation"]
+    ki = list(map(str, sim["concept_names"])).index(concept)
+    ui = list(map(str, sim["cell_type_names"])).index(cell_type)
+    own = np.asarray(sim["concept_cell_type_coef"])[ki, ui]
+    shared_only = V.without_own_effect(task.source, concept, cell_type)
+    exact = simulate_counterfactual(task.source, {concept: 1})
+    assert (own == 0).any() and (own != 0).any()
+    np.testing.assert_array_equal(shared_only.X[:, own == 0], exact.X[:, own == 0])
+    assert not np.array_equal(shared_only.X[:, own != 0], exact.X[:, own != 0])
+    np.testing.assert_array_equal(np.asarray(sim["concept_cell_type_coef"])[ki, ui], own)  # source untouched
+    V._prepare_pkg_space(task, 0)
+    ref = V.score(task, task.references[V.ORACLE_SHARED], 0)
+    assert ref["slope_shared"] > 0.7 and abs(ref["slope_type"]) < 0.1
+    assert 0 < ref["cell_mse"] < V.score(task, task.floors[V.NO_EDIT], 0)["cell_mse"]
+    assert V.ORACLE_SHARED not in V.sim_task("sim-additive", 0, 600, 100).references

@@ -31,7 +31,10 @@ variants it uses training cells only). Candidates: :data:`CANDIDATES` (name -> f
 edit options); ``"default"`` is whatever ``sccbgm.fit`` / ``sccbgm.edit`` do with no options
 beyond the data's description: every scCBGM is fitted with ``groupby=``:data:`GROUPBY`
 (the cell types, which the within-type floor uses too), so a type seen in both states of the
-edited concept gets the group calibration of :mod:`sccbgm.groups`.
+edited concept gets the group calibration of :mod:`sccbgm.groups`. Reference, on the variants with
+cell-type-specific effects: :data:`ORACLE_SHARED`, the exact counterfactual without the held-out
+type's own effect (it shows what the hold-out alone costs; ``kind="reference"``, not counted in
+the wins).
 
 Metrics (lower is better, except the diagnostics ``response_share``, ``slope_*``: best near 1)
 ------------------------------------------------------------------------------------------
@@ -94,6 +97,13 @@ SHIFT_OTHER = "mean shift (other types)"
 SHIFT_OTHER_CLIP = "mean shift (other types, clipped)"
 SHIFT_WITHIN = "mean shift (within type)"
 FLOORS = (NO_EDIT, SHIFT_OTHER, SHIFT_OTHER_CLIP, SHIFT_WITHIN)
+ORACLE_SHARED = "reference: exact but for the type's own effect"
+"""Simulator variants with cell-type-specific effects only: the exact counterfactual of every source
+cell (its own exogenous draws included) with the held-out type's own effect e_ku set to 0. It
+knows everything a model could learn from cells of other types, and more; what it still misses is
+what no editor that respects the hold-out can know. Scored with ``kind="reference"``, not a
+candidate, not a floor."""
+REFERENCES = (ORACLE_SHARED,)
 
 # name -> (sccbgm.fit options, sccbgm.edit options); fits with equal options are shared.
 ADDITIVE = {"count_edit": None, "shift_unknown": False}
@@ -197,6 +207,7 @@ class Task:
         self.target_log, self.zspace, self.floors, self.concepts = target_log, zspace, floors, concepts
         self.edited_concept, self.truth_log = edited_concept, truth_log
         self.true_effects = true_effects  # (G, 1 or 2): shared [and type-specific] log-rate effect
+        self.references: dict[str, np.ndarray] = {}  # name -> (n_source, G), see REFERENCES
 
 
 def _shift(x_log: np.ndarray, groups: np.ndarray, on: np.ndarray, exclude: str | None) -> np.ndarray:
@@ -300,8 +311,27 @@ def sim_task(variant: str, seed: int, n_cells: int, n_genes: int) -> Task:
     if sim.get("concept_cell_type_coef") is not None:
         effects.append(np.asarray(sim["concept_cell_type_coef"])[ki, ui])
     train = adata[tr_idx].copy() if seen else split.train
-    return Task(variant, f"seed{seed}:{task.cell_type}/{k}", train, split.intervene, {k: 1}, truth, zspace, floors,
-                concepts, k, truth_log=truth, true_effects=np.stack(effects, axis=1))
+    out = Task(variant, f"seed{seed}:{task.cell_type}/{k}", train, split.intervene, {k: 1}, truth, zspace, floors,
+               concepts, k, truth_log=truth, true_effects=np.stack(effects, axis=1))
+    if len(effects) > 1:
+        shared_only = without_own_effect(split.intervene, k, task.cell_type)
+        out.references[ORACLE_SHARED] = lognormalise(dense_rows(shared_only.X), TARGET_SUM)
+    return out
+
+
+def without_own_effect(source: Any, concept: str, cell_type: str) -> Any:
+    """Exact counterfactual counts of ``source`` (simulated, cell-type-specific effects) with
+    ``concept`` switched on and ``cell_type``'s own effect e_ku of that concept set to 0: the
+    same exogenous draws, the shared effect c_k only (:data:`ORACLE_SHARED`)."""
+    from sccbgm.simulation import simulate_counterfactual
+
+    edited = source.copy()
+    sim = edited.uns["simulation"]
+    coef = np.array(sim["concept_cell_type_coef"], copy=True)
+    ki = [str(c) for c in sim["concept_names"]].index(concept)
+    coef[ki, [str(u) for u in sim["cell_type_names"]].index(cell_type)] = 0.0
+    sim["concept_cell_type_coef"] = coef
+    return simulate_counterfactual(edited, {concept: 1})
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -393,6 +423,8 @@ def run_task(task: Task, seed: int, candidates: Sequence[str], fit_extra: Mappin
     rows = []
     for name, pred in task.floors.items():
         rows.append({"editor": name, "kind": "floor", **score(task, pred, seed)})
+    for name, pred in task.references.items():
+        rows.append({"editor": name, "kind": "reference", **score(task, pred, seed)})
     fits: dict[str, tuple[Any, float]] = {}
     for cand in candidates:
         fit_opts, edit_opts = CANDIDATES[cand]
@@ -526,7 +558,7 @@ def wins(table: pd.DataFrame) -> pd.DataFrame:
     for (half, ds), g in per.groupby(["half", "dataset"]):
         floor = g[g.editor == SHIFT_OTHER].set_index("task")
         within = g[g.editor == SHIFT_WITHIN].set_index("task")
-        for ed, c in g[~g.editor.isin(FLOORS)].groupby("editor"):
+        for ed, c in g[~g.editor.isin((*FLOORS, *REFERENCES))].groupby("editor"):
             c = c.set_index("task")
             rec = {"half": half, "dataset": ds, "editor": ed, "n_tasks": len(c)}
             for m in ("rmmd_z", "rmmd_pkg"):
@@ -546,7 +578,9 @@ def render_report(table: pd.DataFrame) -> str:
 
     lines = ["# sccbgm bench validate", "",
              "Lower is better, except response_share, slope_shared and slope_type (best near 1). "
-             "Per task: mean over the half's seeds. Floors: " + ", ".join(FLOORS) + ".", ""]
+             "Per task: mean over the half's seeds. Floors: " + ", ".join(FLOORS) + ". Reference (not an "
+             "editor; cell-type-specific simulator variants): " + ORACLE_SHARED + ": what an editor that knows "
+             "everything but the held-out type's own effect reaches.", ""]
     cols = [c for c in ("rmmd_z", "rmmd_pkg", "mean_dist", "response_share", "cell_mse", "slope_shared", "slope_type", "leak_acc",
                         "fit_s") if c in table]
     for half in table.half.unique():
