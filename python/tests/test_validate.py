@@ -165,13 +165,13 @@ def test_effect_slopes_by_hand():
 def test_reference_without_the_types_own_effect():
     """ORACLE_SHARED: the exact counterfactual with e_ku = 0 -- the same counts as the truth on the
     genes where the type has no own effect, different elsewhere; its mean change follows c_k, not
-    e_ku, and the cells of other types are untouched by the change of e_ku."""
+    e_ku; the source's own coefficients are left as they were."""
     task = V.sim_task("sim-interaction", 0, 600, 100)
     concept, cell_type = task.name.split(":")[1].split("/")[::-1]
     sim = task.source.uns["simulation"]
     ki = list(map(str, sim["concept_names"])).index(concept)
     ui = list(map(str, sim["cell_type_names"])).index(cell_type)
-    own = np.asarray(sim["concept_cell_type_coef"])[ki, ui]
+    own = np.array(sim["concept_cell_type_coef"][ki, ui], copy=True)
     shared_only = V.without_own_effect(task.source, concept, cell_type)
     exact = simulate_counterfactual(task.source, {concept: 1})
     assert (own == 0).any() and (own != 0).any()
