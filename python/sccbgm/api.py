@@ -153,7 +153,9 @@ def fit(
         is calibrated to: where a group has training cells in both states of a concept, an edit
         of that concept for the group's cells is pulled towards the group's observed response,
         by empirical Bayes (:mod:`sccbgm.groups`; ``model.group_responses.summary()``). A group
-        seen in one state only keeps the model's edit. ``model="sccbgm"`` on raw counts only. None
+        seen in one state only gets the part of the measured groups' misses that they share
+        (a pooled correction, shrunk to 0 where their misses are their own). ``model="sccbgm"``
+        on raw counts only. None
         (default): no calibration. The validation protocol passes the cell type
         (docs/validation.md).
     **options
@@ -463,7 +465,8 @@ def edit(
         cells of a group the model could not calibrate, or without the column, keep the model's
         edit; the uncertainty layers are centred on the corrected edit). None (default): on for such
         models with a count-space edit; False: off; True: required (an error otherwise).
-        uns ``sccbgm_edit["group_calibration"]`` records the column and the cells corrected.
+        uns ``sccbgm_edit["group_calibration"]`` records the column, the cells corrected
+        (``n_cells``) and those of them corrected by the pooled correction (``n_cells_pooled``).
 
     Returns
     -------

@@ -22,7 +22,10 @@ Versions: v1 single models; v2 (ensembles, ``fit(n_members=K)``) adds the header
 ``more_members`` (one parts entry per member 2..K) and their tensors ``member<m>/<part>.*``. A
 single model is still written as v1, so older readers keep reading it. v3 (group calibration,
 ``fit(groupby=...)``, :mod:`sccbgm.groups`) adds the header entry ``group_responses`` and the
-tensors ``groups.shift`` / ``groups.sd``; a model without it is still written as v1 / v2.
+tensors ``groups.shift`` / ``groups.sd``; a model without it is still written as v1 / v2. v4 (the
+pooled correction of groups seen in one state) adds ``source``, ``pooled_tau2`` and
+``pooled_mu2`` to ``group_responses``: a v3 reader would silently leave those groups uncorrected,
+so such a file is v4; a calibration without pooled corrections is still written as v3.
 
 Saving is atomic: the file is written to a temporary file in the target folder and moved over
 the target with ``os.replace``, so an interrupted save leaves any earlier model intact. The
@@ -45,7 +48,7 @@ from sccbgm.data import InputTransform
 from sccbgm.errors import SCCBGMError
 
 FORMAT = "sccbgm-model"
-FORMAT_VERSION = 3  # v2: ensembles ("more_members"), v3: group calibration; older content keeps its version
+FORMAT_VERSION = 4  # v2: ensembles, v3: group calibration, v4: its pooled correction; older content keeps its version
 
 
 def module_registry() -> dict[str, tuple[type, type]]:
@@ -155,6 +158,12 @@ class Model:
         return ax
 
     # -------------------------------------------------------------- save/load
+    def format_version(self) -> int:
+        """The oldest file format version that holds everything this model needs (module docstring)."""
+        if self.group_responses is not None:
+            return 4 if self.group_responses.has_pooled else 3
+        return 2 if self.more_members else 1
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the model to one safetensors file, atomically (see module docstring)."""
         import torch
@@ -179,7 +188,7 @@ class Model:
                 tensors[key] = torch.from_numpy(np.ascontiguousarray(value))
         header = {
             "format": FORMAT,
-            "format_version": 3 if self.group_responses is not None else 2 if self.more_members else 1,
+            "format_version": self.format_version(),
             "name": self.name,
             "spec": self.spec.to_dict(),
             "transform": self.transform.header(),

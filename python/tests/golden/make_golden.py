@@ -7,7 +7,10 @@ the version that added ensembles, an ensemble of 2, since a single model is stil
 ``model_v<FORMAT_VERSION>.expected.npy`` (its residual edit of the first 8 golden cells to
 stim=STIM); from v3, the version that added group calibration, a model fitted with
 ``groupby="cell_type"`` and also ``model_v<N>.expected_groups.npy``, its default (count-space,
-group-calibrated) edit of the same cells. ``test_model_files.py`` loads every ``model_v*.sccbgm`` here and checks that it still
+group-calibrated) edit of the same cells; from v4, the version that added the pooled correction of
+groups seen in one state, the calibration is by ``groupby="cluster"`` with the STIM cells of
+cluster k0 (which holds the first cells) left out of the fit, so that k0 gets the pooled
+correction. ``test_model_files.py`` loads every ``model_v*.sccbgm`` here and checks that it still
 loads, encodes and edits, and gives the same edit. Run it once per new format version; never
 regenerate an existing version's file (the point is that old files keep working).
 """
@@ -40,7 +43,8 @@ def golden_data() -> ad.AnnData:
     x = poisson.ppf(u, np.exp(log_rate)).astype(np.float32)
     obs = pd.DataFrame(
         {"stim": pd.Categorical(np.where(stim == 1, "STIM", "ctrl")),
-         "cell_type": pd.Categorical(np.where(cell_type == 1, "B", "T"))},
+         "cell_type": pd.Categorical(np.where(cell_type == 1, "B", "T")),
+         "cluster": pd.Categorical([f"k{(i // 4) % 4}" for i in range(N_CELLS)])},  # v4's groups (no effect)
         index=[f"c{i}" for i in range(N_CELLS)],
     )
     return ad.AnnData(x, obs=obs, var=pd.DataFrame(index=[f"g{j}" for j in range(N_GENES)]))
@@ -64,10 +68,12 @@ def main() -> None:
     from sccbgm.model import FORMAT_VERSION
 
     adata = golden_data()
-    model = sccbgm.fit(adata, ["stim", "cell_type"], seed=0, epochs=40, hidden_dim=16, n_layers=1,
+    train, groupby = adata, "cell_type" if FORMAT_VERSION >= 3 else None
+    if FORMAT_VERSION >= 4:
+        train, groupby = adata[~((adata.obs["cluster"] == "k0") & (adata.obs["stim"] == "STIM")).to_numpy()], "cluster"
+    model = sccbgm.fit(train, ["stim", "cell_type"], seed=0, epochs=40, hidden_dim=16, n_layers=1,
                        latent_dim=4, unknown_dim=4, n_pcs=6, batch_size=64, progress=False,
-                       num_threads=1, n_members=1 if FORMAT_VERSION == 1 else 2,
-                       groupby="cell_type" if FORMAT_VERSION >= 3 else None)
+                       num_threads=1, n_members=1 if FORMAT_VERSION == 1 else 2, groupby=groupby)
     path = HERE / f"model_v{FORMAT_VERSION}.sccbgm"
     sccbgm.save(model, path)
     np.save(HERE / f"model_v{FORMAT_VERSION}.expected.npy", golden_edit(sccbgm.load(path), adata))
