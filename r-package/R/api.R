@@ -101,7 +101,8 @@ print.sccbgm_model <- function(x, ...) {
 #'   `cross_cov_weight`, `kl_weight`, ...), training options (`batch_size`, `lr`, ...) and
 #'   `representation`, `n_pcs`, `input_kind`, `residual`, `device`, and `groupby`: a metadata
 #'   column (e.g. the cell types) whose groups' own observed responses calibrate the count-space
-#'   edit by empirical Bayes, where a group was seen in both states of the edited concept (see
+#'   edit by empirical Bayes, where a group was seen in both states of the edited concept; a group
+#'   seen in one state only gets the part of the others' corrections they share (see
 #'   [sccbgm_edit()]). Whole numbers are passed as Python integers.
 #' @param assay Seurat only: the assay (default: the default assay).
 #' @param layer The expression matrix: a Seurat slot / layer (`"counts"`, `"data"`) or an SCE
@@ -255,7 +256,8 @@ setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, lay
 #'   for the additive edit of log expression instead of the count-space edit (`"mean"`, the
 #'   default of a scCBGM fitted on counts) or `count_edit = "sample"`, `shift_unknown = FALSE`,
 #'   `group_calibration = FALSE` (a model fitted with `groupby`: skip its per-group correction;
-#'   the record's `group_calibration_n_cells` says how many cells were corrected).
+#'   the record's `group_calibration_n_cells` says how many cells were corrected,
+#'   `group_calibration_n_cells_pooled` how many of them by the pooled correction).
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).
