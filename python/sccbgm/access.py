@@ -94,6 +94,12 @@ def dense_chunks(matrix: Any, rows: np.ndarray | None = None, step: int | None =
         yield idx, dense_rows(matrix, idx)
 
 
+def rescale(x_log: np.ndarray, from_sum: float, to_sum: float = 1e4) -> np.ndarray:
+    """Log-normalised values (n, G) at library size ``from_sum`` -> the same cells at ``to_sum``
+    (negative values, which counts cannot give, are read as 0)."""
+    return np.log1p(np.expm1(np.clip(x_log, 0.0, None)) * (to_sum / from_sum))
+
+
 def lognormalise(counts: Any, target_sum: float | None = None) -> Any:
     """Counts (n, G) -> log1p(counts / total * target_sum), float64; ``target_sum`` None: the
     median total of these cells. A cell with zero total stays 0. Dense (or anything array-like)

@@ -270,6 +270,8 @@ def _add_tool_parsers(sub: Any) -> None:
     v.add_argument("--source", help="JSON {column: source value} (default: the one other value)")
     v.add_argument("--groups", nargs="+", help="only these group values")
     v.add_argument("--min-cells", type=int, default=10)
+    v.add_argument("--groupby", help="fit every held-out model with this groupby (as `sccbgm fit --groupby`), "
+                                     "so that the report scores the group-calibrated edit")
     s = sub.add_parser("sweep", help="dose response: edit the cells to each value of a concept")
     s.add_argument("h5ad")
     s.add_argument("--model", required=True, help="model file (sccbgm fit --out)")
@@ -308,6 +310,8 @@ def _run_tool(args: Any) -> None:
         source = _json_mapping(args.source, "--source") if args.source else None
         adata = _read_h5ad(data)
         out.mkdir(parents=True, exist_ok=True)
+        if args.groupby is not None:
+            fit["groupby"] = args.groupby
         table = sccbgm.validate(adata, args.concepts, edit, args.group, source=source,
                                 groups=args.groups, min_cells=args.min_cells, layer=args.layer, seed=args.seed,
                                 plot=out / "validation.png", **fit)

@@ -114,6 +114,37 @@ def test_validate_floors_match_a_hand_computation(validation):
                                                           for lab in np.unique(labels)), rel=1e-4)
 
 
+def test_validate_on_counts_scores_the_default_count_space_edit(toy):
+    """On raw counts the report's held-out fits are on the counts, and what it scores is the
+    model's default edit (count space, group-calibrated with groupby) in the report's space."""
+    from sccbgm.access import rescale
+    from sccbgm.bench.real import run_task
+    from sccbgm.tools._common import lognormalised
+
+    x, kind = lognormalised(toy)
+    assert kind == "counts"
+    work = ad.AnnData(X=x.astype(np.float32), obs=toy.obs[["stim", "cell_type"]].copy(), layers={"counts": toy.X})
+    held, src = {"cell_type": "type0", "stim": 1}, {"cell_type": "type0", "stim": 0}
+    task = {"name": "t", "holdout": held, "source": src, "target": held, "set": {"stim": 1}, "group_key": None}
+    res = run_task(work, {"concepts": [{"name": "stim"}, {"name": "cell_type"}]}, task, models=["sccbgm"],
+                   editors=["scCBGM"], fit={"epochs": 3, "groupby": "cell_type"}, counts_layer="counts",
+                   log=lambda m: None)
+    model = res["models"]["sccbgm"]
+    assert model.transform.input_kind == "counts" and model.group_responses.groupby == "cell_type"
+    source = work[((work.obs["cell_type"] == "type0") & (work.obs["stim"] == 0)).to_numpy()]
+    edited = sccbgm.edit(model, source, {"stim": 1}, layer="counts")
+    record = edited.uns["sccbgm_edit"]
+    assert record["count_edit"] == "mean" and record["group_calibration"]["groupby"] == "cell_type"
+    library = float(np.median(np.asarray(toy.X).sum(1)))
+    np.testing.assert_allclose(res["predictions"]["scCBGM"],
+                               rescale(np.asarray(edited.X, np.float64), model.transform.target_sum, library),
+                               rtol=1e-5, atol=1e-6)
+    # and through sccbgm.validate itself: groupby is passed on (it needs the counts)
+    table = sccbgm.validate(toy, ["stim", "cell_type"], {"stim": 1}, "cell_type", groups=["type0"], epochs=3,
+                            groupby="cell_type", progress=False)
+    assert set(table["editor"]) == {"scCBGM", "no edit", "mean shift (other types)"}
+
+
 def test_validate_input_errors(toy):
     with pytest.raises(SCCBGMError, match="must be among the concepts"):
         sccbgm.validate(toy, ["cell_type"], {"stim": 1}, "cell_type")
@@ -245,6 +276,8 @@ def test_cli_tools_errors_exit_2_with_one_line(toy, tmp_path, capsys):
           str(tmp_path)], "not empty"),
         (["validate", str(data), "--concepts", "cell_type", "--edit", '{"stim": 1}', "--group", "cell_type",
           "--out", out], "must be among the concepts"),
+        (["validate", str(data), "--concepts", "stim", "--edit", '{"stim": 1}', "--group", "cell_type",
+          "--groupby", "tissue", "--out", out], "tissue"),
         (["sweep", str(data), "--model", str(tmp_path / "none.sccbgm"), "--concept", "stim", "--values", "0", "1",
           "--out", out], "model file"),
         (["search", str(data), "--source", '{"stim": 0}', "--target", '{"stim": 0}', "--out", out],
@@ -266,7 +299,7 @@ def test_cli_validate_and_sweep_write_tables(toy, toy_model, tmp_path, capsys):
     small.write_h5ad(data)
     out = tmp_path / "v"
     assert main(["validate", str(data), "--concepts", "stim", "cell_type", "--edit", '{"stim": 1}', "--group",
-                 "cell_type", "--groups", "type0", "--epochs", "3", "--out", str(out)]) == 0
+                 "cell_type", "--groups", "type0", "--epochs", "3", "--groupby", "cell_type", "--out", str(out)]) == 0
     import pandas as pd
 
     table = pd.read_csv(out / "validation.csv")

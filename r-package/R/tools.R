@@ -44,7 +44,9 @@
 #' @param concepts Metadata columns to fit on; must include the columns of `edit`.
 #' @param edit Named list `list(column = edited value)`, e.g. `list(condition = "stim")`.
 #' @param group Metadata column whose values are validated one at a time, e.g. `"cell_type"`.
-#' @param ... Further options of `sccbgm.fit()`, e.g. `epochs = 30`, `n_pcs = 32`.
+#' @param ... Further options of `sccbgm.fit()`, e.g. `epochs = 30`, `n_pcs = 32`,
+#'   `groupby = "cell_type"`: pass the options you fit with, so that the report scores the edit
+#'   you use (on raw counts: the default count-space edit; see [sccbgm_fit()]).
 #' @param source Named list of the source state (default: the one other value of each edited
 #'   column).
 #' @param groups Only these values of `group` (default: every eligible one).
@@ -84,8 +86,10 @@ sccbgm_validate <- function(object, concepts, edit, group, ..., source = NULL, g
   options$seed <- .py_scalar(seed)
   options$plot <- .check_plot_path(plot)
   options$progress <- isTRUE(progress)
+  groupby <- list(...)$groupby  # a fit option that names a column: it travels with the concepts
+  if (!is.null(groupby)) .check_columns(object, groupby, "groupby")
   spec <- .engine_spec(object, assay, .default_layer(object, layer, assay = assay),
-                       unique(c(concepts, group, names(edit))))
+                       unique(c(concepts, group, names(edit), groupby)))
   res <- .r(.py_call(.bridge()$validate(spec, .np_chr(concepts), edit_spec, group,
                                         source_spec = source_spec, options = options)))
   out <- .tool_table(res)

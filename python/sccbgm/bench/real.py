@@ -207,9 +207,13 @@ def _fit_kwargs(key: str, fit: Mapping[str, Any], flow: Mapping[str, Any], base:
 def fit_models(
     train: Any, concepts: Sequence[str], keys: Sequence[str], *, seed: int, fit: Mapping[str, Any],
     flow: Mapping[str, Any], preset: str = "cpu", log: Callable[[str], None] = print,
+    counts_layer: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Fit the models ``keys`` on ``train`` (log-normalised X); FM models reuse the scCBGM / CVAE."""
+    """Fit the models ``keys`` on ``train`` (log-normalised X, or the raw counts in
+    ``counts_layer``); FM models reuse the scCBGM / CVAE."""
     import sccbgm
+
+    data = {"input_kind": "lognorm"} if counts_layer is None else {"input_kind": "counts", "layer": counts_layer}
 
     order = [k for k in MODEL_KEYS if k in keys]
     models: dict[str, Any] = {}
@@ -220,8 +224,7 @@ def fit_models(
         kwargs = _fit_kwargs(key, fit, flow, base)
         t0 = time.perf_counter()
         models[key] = sccbgm.fit(
-            train, list(concepts), model=key, base=base, seed=seed, preset=preset, input_kind="lognorm",
-            progress=False, **kwargs,
+            train, list(concepts), model=key, base=base, seed=seed, preset=preset, progress=False, **data, **kwargs,
         )
         seconds[key] = time.perf_counter() - t0
         log(f"    fitted {key} in {seconds[key]:.1f} s")
@@ -230,9 +233,13 @@ def fit_models(
 
 def edit_all(
     models: Mapping[str, Any], source: Any, set_: Mapping[str, Any], editors: Sequence[str], seed: int,
+    counts_layer: str | None = None, target_sum: float | None = None,
 ) -> dict[str, np.ndarray]:
-    """Edited log-normalised expression (n_source, G) of every editor whose model is fitted."""
+    """Edited log-normalised expression (n_source, G) of every editor whose model is fitted. Models
+    fitted on the counts in ``counts_layer`` edit those counts (their default edit), and their
+    output is rescaled from the model's library size to ``target_sum``, that of X."""
     import sccbgm
+    from sccbgm.access import rescale
 
     out = {}
     for label in editors:
@@ -242,7 +249,11 @@ def edit_all(
         kw = dict(kw)
         if kw.get("mode") == "decode":
             kw["seed"] = seed
-        out[label] = np.asarray(sccbgm.edit(models[key], source, set=dict(set_), **kw).X, dtype=np.float64)
+        edited = sccbgm.edit(models[key], source, set=dict(set_), layer=counts_layer, **kw)
+        x = np.asarray(edited.X, dtype=np.float64)
+        if counts_layer is not None:
+            x = rescale(x, models[key].transform.target_sum, target_sum)
+        out[label] = x
     return out
 
 
@@ -265,10 +276,15 @@ def run_task(
     install_peers: bool = True,
     peer_epochs: int | None = None,
     log: Callable[[str], None] = print,
+    counts_layer: str | None = None,
 ) -> dict[str, Any]:
     """One task at one seed: returns ``{"table": DataFrame, "predictions", "source", "target",
     "train_pcs", "pca", "models", "peer_status"}`` (see the module docstring for the protocol
-    and columns); ``peer_status`` maps each peer's label to what it did or why it did not run."""
+    and columns); ``peer_status`` maps each peer's label to what it did or why it did not run.
+    ``counts_layer``: a layer of ``adata`` with the raw counts X was log-normalised from (to one
+    library size for all cells); the in-package models are then fitted on those counts and edited
+    with their default edit (for scCBGM: in count space, with its ensemble and any group
+    calibration), scored in X's space."""
     from sccbgm import metrics as M
     from sccbgm.access import match_obs
 
@@ -309,8 +325,12 @@ def run_task(
     if "cvae-fm" in keys and "cvae" not in keys:
         keys.insert(0, "cvae")
     fitted, seconds = fit_models(train, concepts, keys, seed=seed, fit=fit or {}, flow=flow or {},
-                                 preset=preset, log=log)
-    preds.update(edit_all(fitted, source, task["set"], [e for e in editors if EDITORS[e][0] in models], seed))
+                                 preset=preset, log=log, counts_layer=counts_layer)
+    target_sum = None
+    if counts_layer is not None:  # the library size X was normalised to: every cell's expm1(X) sums to it
+        target_sum = float(np.median(np.expm1(x_train[: min(len(x_train), 200)]).sum(axis=1)))
+    preds.update(edit_all(fitted, source, task["set"], [e for e in editors if EDITORS[e][0] in models], seed,
+                          counts_layer=counts_layer, target_sum=target_sum))
     peer_status: dict[str, str] = {}
     if peers:
         from sccbgm.bench import peers as peer_mod

@@ -73,7 +73,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sccbgm.access import dense_rows, lognormalise
+from sccbgm.access import dense_rows, lognormalise, rescale
 from sccbgm.errors import SCCBGMError
 
 TARGET_SUM = 1e4  # library size of the metric space (log-normalise, then z-score)
@@ -149,11 +149,6 @@ SCALES = {
 
 
 # ----------------------------------------------------------------------------- metric helpers
-def rescale(x_log: np.ndarray, from_sum: float, to_sum: float = 1e4) -> np.ndarray:
-    """Log-normalised values at ``from_sum`` -> the same cells at ``to_sum``."""
-    return np.log1p(np.expm1(np.clip(x_log, 0.0, None)) * (to_sum / from_sum))
-
-
 def mmd_unbiased(x: np.ndarray, y: np.ndarray, gamma: float) -> float:
     """Unbiased squared MMD (U-statistic), RBF kernel exp(-gamma ||a - b||^2)."""
     def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:

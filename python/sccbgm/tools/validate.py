@@ -4,8 +4,10 @@ For every group ``g`` (e.g. each ``cell_type``) in which both the source state a
 state of ``edit`` (e.g. ``{"condition": "stim"}``) are observed with at least ``min_cells``
 cells:
 
-1. hold out the cells of ``g`` in the edited state (the answer), fit scCBGM on every other cell;
-2. edit the source cells of ``g`` to the edited state;
+1. hold out the cells of ``g`` in the edited state (the answer), fit scCBGM on every other cell
+   (on raw counts when the input holds them, as :func:`sccbgm.fit` does);
+2. edit the source cells of ``g`` to the edited state with the model's default edit (on counts:
+   the count-space edit of the ensemble, group-calibrated when ``groupby`` is passed);
 3. score the edited cells against the real held-out cells, next to the two trivial floors
    (:mod:`sccbgm.bench.editors`): *no edit*, and the *mean shift seen in the other groups*
    (mean(edited state) - mean(source state) of the training cells of every other group,
@@ -103,7 +105,11 @@ def validate(
     min_cells
         A group is eligible when it has at least this many source and edited-state cells.
     seed, preset, **fit_options
-        Passed to :func:`sccbgm.fit` (e.g. ``epochs=30``, ``n_pcs=32``).
+        Passed to :func:`sccbgm.fit` (e.g. ``epochs=30``, ``n_pcs=32``, ``groupby="cell_type"``):
+        pass the options you fit with, so that the report scores the edit you use. On raw counts
+        each held-out fit is on the counts, as :func:`sccbgm.fit` does, and the model's default
+        edit (count space, ensemble, group calibration) is scored; on log-normalised input, the
+        additive residual edit.
     n_eval_pcs
         Principal components (of the training cells) the distribution metrics work in.
     plot
@@ -160,9 +166,17 @@ def validate(
             f"to validate ({skipped})."
         )
 
-    x, _ = lognormalised(adata, layer)
-    work = ad.AnnData(X=x.astype(np.float32), obs=adata.obs[list(dict.fromkeys([*concepts, group]))].copy(),
+    x, kind = lognormalised(adata, layer)
+    columns = [*concepts, group, *([fit_options["groupby"]] if isinstance(fit_options.get("groupby"), str) else [])]
+    check_columns(adata, columns, "groupby")
+    work = ad.AnnData(X=x.astype(np.float32), obs=adata.obs[list(dict.fromkeys(columns))].copy(),
                       var=pd.DataFrame(index=adata.var_names.astype(str)))
+    counts_layer = None
+    if kind == "counts":  # fit on the counts, as sccbgm.fit does, so the report scores the default edit
+        from sccbgm.access import get_matrix
+
+        work.layers["counts"] = get_matrix(adata, layer)
+        counts_layer = "counts"
     spec = {"concepts": [{"name": c} for c in concepts]}
     frames = []
     for i, g in enumerate(eligible, 1):
@@ -170,7 +184,7 @@ def validate(
         task = {"name": f"{group}={g}", "holdout": {group: g, **edit}, "source": {group: g, **src_state},
                 "target": {group: g, **edit}, "set": dict(edit), "group_key": None}
         res = run_task(work, spec, task, seed=seed, models=["sccbgm"], editors=[MODEL_EDITOR], fit=fit_options,
-                       preset=preset, n_eval_pcs=n_eval_pcs, log=lambda m: say(progress, m))
+                       preset=preset, n_eval_pcs=n_eval_pcs, log=lambda m: say(progress, m), counts_layer=counts_layer)
         rows = res["table"]
         rows = rows[rows["group"] == ALL_GROUPS].assign(group=g)
         frames.append(rows)

@@ -17,8 +17,9 @@ small_fit <- list(epochs = 4L, hidden_dim = 32L, latent_dim = 8L, unknown_dim = 
 test_that("sccbgm_validate equals Python's validate on the same cells", {
   skip_if_no_sccbgm()
   sce <- tiny_sce()
+  # groupby: a fit option naming a column, which must travel to Python with the concepts
   res <- do.call(sccbgm_validate, c(list(sce, c("stim", "flag"), list(stim = "STIM"), "flag",
-                                         min_cells = 20, progress = FALSE), small_fit))
+                                         min_cells = 20, progress = FALSE, groupby = "flag"), small_fit))
   expect_s3_class(res, "data.frame")
   expect_setequal(res$group, c("0", "1"))
   expect_equal(nrow(res), 2 * 3)
@@ -30,7 +31,8 @@ test_that("sccbgm_validate equals Python's validate on the same cells", {
   spec <- .engine_spec(sce, NULL, "counts", c("stim", "flag"))
   adata <- bridge()$anndata_from_spec(spec)
   py <- py_table(do.call(tools_py()$validate, c(list(adata, list("stim", "flag"), list(stim = "STIM"),
-                                                      "flag", min_cells = 20L, progress = FALSE),
+                                                      "flag", min_cells = 20L, progress = FALSE,
+                                                      groupby = "flag"),
                                                  small_fit)))
   key <- function(d) d[order(d$group, d$editor), c("group", "editor", "rmmd", "mean_dist", "n_source")]
   expect_equal(key(res), key(py), tolerance = 1e-8, ignore_attr = TRUE)
@@ -42,6 +44,7 @@ test_that("sccbgm_validate reports ineligible groups and input errors", {
   expect_error(sccbgm_validate(sce, "flag", list(stim = "STIM"), "flag"),
                "must be among the concepts")
   expect_error(sccbgm_validate(sce, c("stim", "flag"), list(stim = "STIM"), "nope"), "nope")
+  expect_error(sccbgm_validate(sce, c("stim", "flag"), list(stim = "STIM"), "flag", groupby = "nope"), "nope")
   expect_error(sccbgm_validate(sce, c("stim", "flag"), list(stim = "STIM"), "flag",
                                min_cells = 10000), "nothing to validate")
   expect_error(sccbgm_validate(sce, c("stim", "flag"), "STIM", "flag"), "named list")
