@@ -70,8 +70,8 @@ class GroupResponses:
 
     ``pairs``: ``"column|a|b"`` keys (an edit of ``column`` from value a to value b, values as
     strings: "0"/"1" for a binary concept, the category otherwise); ``shift`` / ``sd``: float32
-    (n_pairs, n_groups, n_genes), w d and sqrt(w v) in log rate; zero where a group was not
-    eligible; ``n_cells``: (n_pairs, n_groups, 2) cells in state a and b; ``tau2``: per pair;
+    (n_pairs, n_groups, n_genes), w d and sqrt(w v) in log rate (for a pooled correction w dbar and
+    its sd, module docstring); zero where a group has no correction; ``n_cells``: (n_pairs, n_groups, 2) cells in state a and b; ``tau2``: per pair;
     ``source``: int8 (n_pairs, n_groups), :data:`OWN` (the group's own response), :data:`POOLED`
     (the common miss of the others) or :data:`NONE`; ``pooled_tau2`` / ``pooled_mu2``: per pair,
     tau_eta^2 and sigma_mu^2 of the pooled correction. Edits of several columns at once add their
@@ -119,7 +119,9 @@ class GroupResponses:
             raise SCCBGMError("the group calibration arrays do not match its header; the file is corrupt.")
         source = None
         if "source" in header:
-            source = np.asarray(header["source"], dtype=np.int8).reshape(n_pairs, n_groups)
+            source = np.asarray(header["source"], dtype=np.int8)
+            if source.shape != (n_pairs, n_groups) or not np.isin(source, (NONE, OWN, POOLED)).all():
+                raise SCCBGMError("the group calibration's sources do not match its header; the file is corrupt.")
         return cls(groupby=str(header["groupby"]), groups=[str(g) for g in header["groups"]],
                    pairs=[str(p) for p in header["pairs"]], shift=shift, sd=sd,
                    n_cells=np.asarray(header["n_cells"], dtype=np.int64).reshape(n_pairs, n_groups, 2),
