@@ -640,6 +640,15 @@ def model_info(model: Any) -> Spec:
     }
 
 
+def group_responses(model: Any) -> Spec:
+    """``model.group_responses.summary()`` (:mod:`sccbgm.groups`) as a table spec."""
+    responses = getattr(model, "group_responses", None)
+    if responses is None:
+        raise SCCBGMError("this model was fitted without groupby, so it has no group calibration; "
+                          "fit with groupby = \"cell_type\" (or another metadata column) to get one.")
+    return _table_spec(responses.summary())
+
+
 def save(model: Any, path: str) -> str:
     """:func:`sccbgm.save` to ``path``; returns the absolute path."""
     from sccbgm import api

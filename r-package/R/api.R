@@ -75,7 +75,37 @@ print.sccbgm_model <- function(x, ...) {
   cat("  concept dimensions:", length(x$concept_names), "\n")
   cat("  genes:", length(x$genes), "\n")
   if (!is.null(x$input_kind)) cat("  input:", x$input_kind, "\n")
+  if (!is.null(x$groupby)) cat("  group calibration by:", x$groupby, "(sccbgm_group_responses())\n")
   invisible(x)
+}
+
+#' Group calibration of a model: which groups' edits are corrected, and by how much
+#'
+#' A model fitted with `groupby` ([sccbgm_fit()]) corrects the count-space edit of each group's
+#' cells: by the group's own observed response where its training cells hold both states of the
+#' edited concept, and, for a group seen in one state only, by the part of the measured groups'
+#' corrections they share (shrunk to nothing where each group's correction is its own; empirical
+#' Bayes both times). The Python `model.group_responses.summary()` does the work.
+#'
+#' @param model A model from [sccbgm_fit()] or [sccbgm_load()], fitted with `groupby`.
+#' @return A `data.frame` with one row per concept edit (`concept`, `from`, `to`) and group:
+#'   the group's training cells in each state (`n_from`, `n_to`), where its correction comes
+#'   from (`source`: `"own"`, `"pooled"` or `"none"`), the empirical-Bayes variances `tau2`
+#'   (spread of the groups' own deviations from the model) and `pooled_mu2` (spread of the
+#'   shared part over genes), the mean absolute correction over genes (`mean_abs_shift`, in log
+#'   rate; 0: the model's edit is kept) and its mean posterior sd (`mean_sd`).
+#' @seealso [sccbgm_fit()], [sccbgm_edit()]
+#' @export
+#' @examples
+#' if (sccbgm_available()) {
+#'   sce <- sccbgm_simulate(n_cells = 400, n_genes = 60, seed = 1)
+#'   model <- sccbgm_fit(sce, "concept_0", groupby = "cell_type", seed = 1, epochs = 3,
+#'                       hidden_dim = 32, latent_dim = 8, unknown_dim = 8, n_pcs = 10)
+#'   sccbgm_group_responses(model)
+#' }
+sccbgm_group_responses <- function(model) {
+  .check_model(model)
+  .tool_table(.r(.py_call(.bridge()$group_responses(model$py))))
 }
 
 #' Fit a concept bottleneck generative model

@@ -101,4 +101,13 @@ test_that("a model fitted with groupby calibrates the edit per group, from R as 
   sccbgm_save(model, path)
   again <- sccbgm_edit(sce, sccbgm_load(path), set = list(stim = "STIM"))
   expect_equal(SummarizedExperiment::assay(again, "sccbgm"), x, tolerance = 1e-6)
+  # the calibration table, as Python's summary(): both flag groups corrected by their own response
+  tab <- sccbgm_group_responses(model)
+  py_tab <- reticulate::py_to_r(model$py$group_responses$summary()$to_dict("list"))
+  expect_identical(tab$group, unlist(py_tab$group))
+  expect_identical(tab$source, rep("own", nrow(tab)))
+  expect_equal(tab$mean_abs_shift, unlist(py_tab$mean_abs_shift), tolerance = 1e-12)
+  expect_gt(min(tab$mean_abs_shift[tab$concept == "stim"]), 0)
+  plain_model <- fit_small(sce, "stim")
+  expect_error(sccbgm_group_responses(plain_model), "fitted without groupby")
 })
