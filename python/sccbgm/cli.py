@@ -442,7 +442,12 @@ def _run(argv: list[str]) -> int:
                            distributed=args.distributed, groupby=args.groupby, **opts)
         sccbgm.save(model, out)
         if distributed.rank() == 0:
-            print(f"{model}\nwrote {out}")
+            print(model)
+            if model.group_responses is not None:
+                print(f"group calibration by {model.group_responses.groupby}:")
+                for line in model.group_responses.describe():
+                    print(f"  {line}")
+            print(f"wrote {out}")
         distributed.shutdown()
     elif args.command == "edit":
         data = _input_file(args.h5ad, "input file")
@@ -457,7 +462,12 @@ def _run(argv: list[str]) -> int:
             edited = sccbgm.edit(model, source, set_, layer=args.layer,
                                  residual=False if args.decoder_output else None, out=out,
                                  group_calibration=False if args.no_group_calibration else None)
-            print(f"edited {edited.n_obs} cells; wrote {out}")
+            calibrated = edited.uns["sccbgm_edit"].get("group_calibration")
+            note = ""
+            if calibrated is not None:
+                note = (f" (group calibration by {calibrated['groupby']}: {calibrated['n_cells']} cells corrected, "
+                        f"{calibrated['n_cells_pooled']} of them by the pooled correction)")
+            print(f"edited {edited.n_obs} cells{note}; wrote {out}")
             edited.file.close()
         finally:
             source.file.close()

@@ -129,6 +129,21 @@ class GroupResponses:
                    pooled_tau2=[float(t) for t in header.get("pooled_tau2", [])],
                    pooled_mu2=[float(t) for t in header.get("pooled_mu2", [])])
 
+    def describe(self) -> list[str]:
+        """One line per concept edit: which groups get their own response, which the pooled one
+        (with sigma_mu^2), which none."""
+        lines = []
+        for p, key in enumerate(self.pairs):
+            col, a, b = key.split("|")
+            parts = []
+            for code, what in ((OWN, "own response"), (POOLED, "pooled"), (NONE, "none")):
+                names = [g for g, src in zip(self.groups, self.source[p], strict=True) if src == code]
+                if names:
+                    extra = f" (sigma_mu^2 {self.pooled_mu2[p]:.3g})" if code == POOLED else ""
+                    parts.append(f"{what} for {', '.join(names)}{extra}")
+            lines.append(f"{col} {a} -> {b}: " + "; ".join(parts))
+        return lines
+
     def summary(self) -> pd.DataFrame:
         """One row per (pair, group): cells in each state, where its correction comes from
         (``source``: "own", "pooled" or "none"), tau^2 (own) / sigma_mu^2 (pooled), the mean |shift|

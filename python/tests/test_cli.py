@@ -196,17 +196,23 @@ def test_bench_errors_are_one_line_too(tmp_path, capsys):
     _one_error_line(capsys, 2, main(["bench", "overhead", "--epochs", "0"]), "epochs must be >= 1")
 
 
-def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy, tmp_path):
+def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy, tmp_path, capsys):
     data, small = _write_cells(toy, tmp_path, 300)
     model_path = tmp_path / "grouped.sccbgm"
     assert main(["fit", str(data), "--concepts", "stim", "--epochs", "2", "--groupby", "cell_type",
                  "--out", str(model_path)]) == 0
     assert sccbgm.load(model_path).group_responses.groupby == "cell_type"
+    printed = capsys.readouterr().out
+    assert "group calibration by cell_type:\n  stim 0 -> 1: own response for type0, type1, type2" in printed
     outs = {}
     for name, extra in (("on", []), ("off", ["--no-group-calibration"])):
         outs[name] = tmp_path / f"edited_{name}.h5ad"
         assert main(["edit", str(data), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
                      "--out", str(outs[name]), *extra]) == 0
+        printed = capsys.readouterr().out
+        n_ctrl = int((small.obs["stim"] == 0).sum())
+        said = f"(group calibration by cell_type: {n_ctrl} cells corrected, 0 of them by the pooled correction)"
+        assert (said in printed) == (name == "on")
     on, off = ad.read_h5ad(outs["on"]), ad.read_h5ad(outs["off"])
     n_ctrl = int((small.obs["stim"] == 0).sum())
     assert on.uns["sccbgm_edit"]["group_calibration"]["n_cells"] == n_ctrl

@@ -62,6 +62,9 @@ def test_calibration_moves_seen_groups_to_their_own_response_and_unseen_ones_by_
     rows = table[(table["from"] == "0") & (table["to"] == "1")].set_index("group")
     assert list(rows["source"]) == ["own", "own", "pooled"]
     assert rows.loc["type2", "n_to"] == 0 and rows.loc["type2", "mean_abs_shift"] > 0
+    mu2 = model.group_responses.pooled_mu2[model.group_responses.pairs.index("stim|0|1")]
+    assert f"stim 0 -> 1: own response for type0, type1; pooled for type2 (sigma_mu^2 {mu2:.3g})" in (
+        model.group_responses.describe())
 
 
 def test_pooled_correction_recovers_a_response_the_model_misses_in_every_group():
