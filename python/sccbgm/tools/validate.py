@@ -173,9 +173,12 @@ def validate(
                       var=pd.DataFrame(index=adata.var_names.astype(str)))
     counts_layer = None
     if kind == "counts":  # fit on the counts, as sccbgm.fit does, so the report scores the default edit
-        from sccbgm.access import get_matrix
+        import scipy.sparse as sp
 
-        work.layers["counts"] = get_matrix(adata, layer)
+        from sccbgm.access import dense_rows, get_matrix
+
+        matrix = get_matrix(adata, layer)  # in memory: a backed matrix is read whole, as X above
+        work.layers["counts"] = sp.csr_matrix(matrix) if sp.issparse(matrix) else dense_rows(matrix)
         counts_layer = "counts"
     spec = {"concepts": [{"name": c} for c in concepts]}
     frames = []
