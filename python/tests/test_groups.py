@@ -24,15 +24,18 @@ from sccbgm.groups import MIN_CELLS
 EPOCHS = 30
 
 
-@pytest.fixture(scope="module")
-def data():
-    adata = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8)
+def _split(adata: ad.AnnData) -> tuple[ad.AnnData, ad.AnnData]:
+    """Training cells (the first 1,000, without type2's stimulated ones) and test cells (the rest,
+    control only)."""
     held = np.zeros(adata.n_obs, dtype=bool)
     held[1000:] = True  # test cells
     unseen = (adata.obs["cell_type"] == "type2").to_numpy() & (adata.obs["stim"] == 1).to_numpy()
-    train = adata[~held & ~unseen].copy()
-    test = adata[held & (adata.obs["stim"] == 0).to_numpy()].copy()
-    return train, test
+    return adata[~held & ~unseen].copy(), adata[held & (adata.obs["stim"] == 0).to_numpy()].copy()
+
+
+@pytest.fixture(scope="module")
+def data():
+    return _split(make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8))
 
 
 @pytest.fixture(scope="module")
@@ -70,13 +73,9 @@ def test_calibration_moves_seen_groups_to_their_own_response_and_unseen_ones_by_
 def test_pooled_correction_recovers_a_response_the_model_misses_in_every_group():
     """Stim shifts all three types alike; after 30 epochs the model reproduces only part of it,
     the same part in each type, so type 2 (never seen stimulated) gets the common miss back."""
-    adata = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.0)
-    held = np.zeros(adata.n_obs, dtype=bool)
-    held[1000:] = True
-    unseen = (adata.obs["cell_type"] == "type2").to_numpy() & (adata.obs["stim"] == 1).to_numpy()
-    test = adata[held & (adata.obs["stim"] == 0).to_numpy() & (adata.obs["cell_type"] == "type2").to_numpy()].copy()
-    model = sccbgm.fit(adata[~held & ~unseen].copy(), ["stim"], seed=0, epochs=EPOCHS, groupby="cell_type",
-                       progress=False)
+    train, test = _split(make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.0))
+    test = test[(test.obs["cell_type"] == "type2").to_numpy()].copy()
+    model = sccbgm.fit(train, ["stim"], seed=0, epochs=EPOCHS, groupby="cell_type", progress=False)
     calibrated = sccbgm.edit(model, test, {"stim": 1})
     plain = sccbgm.edit(model, test, {"stim": 1}, group_calibration=False)
     assert calibrated.uns["sccbgm_edit"]["group_calibration"]["n_cells_pooled"] == test.n_obs
