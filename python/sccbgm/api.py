@@ -462,11 +462,13 @@ def edit(
     group_calibration
         Models fitted with ``groupby``: add each group's empirical-Bayes correction to the
         count-space edit of its cells (:mod:`sccbgm.groups`; read from ``adata.obs[groupby]``;
-        cells of a group the model could not calibrate, or without the column, keep the model's
-        edit; the uncertainty layers are centred on the corrected edit). None (default): on for such
-        models with a count-space edit; False: off; True: required (an error otherwise).
-        uns ``sccbgm_edit["group_calibration"]`` records the column, the cells corrected
-        (``n_cells``) and those of them corrected by the pooled correction (``n_cells_pooled``).
+        cells of a group the model could not calibrate, of a group not in the training data,
+        without a label or without the column keep the model's edit; the uncertainty layers are
+        centred on the corrected edit). None (default): on for such models with a count-space
+        edit; False: off; True: required (an error otherwise). uns
+        ``sccbgm_edit["group_calibration"]`` records the column, the cells corrected
+        (``n_cells``), those of them corrected by the pooled correction (``n_cells_pooled``) and
+        the cells whose label is not among the fitted groups (``n_cells_unseen_group``).
 
     Returns
     -------

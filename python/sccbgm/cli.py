@@ -465,8 +465,11 @@ def _run(argv: list[str]) -> int:
             calibrated = edited.uns["sccbgm_edit"].get("group_calibration")
             note = ""
             if calibrated is not None:
+                unseen = calibrated["n_cells_unseen_group"]
                 note = (f" (group calibration by {calibrated['groupby']}: {calibrated['n_cells']} cells corrected, "
-                        f"{calibrated['n_cells_pooled']} of them by the pooled correction)")
+                        f"{calibrated['n_cells_pooled']} of them by the pooled correction"
+                        + (f"; {unseen} cells of groups not in the training data, not corrected" if unseen else "")
+                        + ")")
             print(f"edited {edited.n_obs} cells{note}; wrote {out}")
             edited.file.close()
         finally:

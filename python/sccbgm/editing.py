@@ -527,12 +527,13 @@ def edit_cells(
             }
         }
         if codes is not None:
-            from sccbgm.groups import POOLED
+            from sccbgm.groups import POOLED, unseen_labels
 
             pooled = np.where(codes >= 0, responses.source.ravel()[np.maximum(codes, 0)] == POOLED, False)
             uns["sccbgm_edit"]["group_calibration"] = {
                 "groupby": responses.groupby, "n_cells": int((codes >= 0).any(axis=1).sum()),
-                "n_cells_pooled": int(pooled.any(axis=1).sum())}
+                "n_cells_pooled": int(pooled.any(axis=1).sum()),
+                "n_cells_unseen_group": int(unseen_labels(responses, groups).sum())}
         if n_members > 1:
             uns["sccbgm_edit"]["n_members"] = n_members
             if predictors[0].seed is not None:

@@ -363,6 +363,11 @@ def edit_codes(responses: GroupResponses, spec: Any, groups: pd.Series, observed
     return codes
 
 
+def unseen_labels(responses: GroupResponses, groups: pd.Series) -> np.ndarray:
+    """bool (n,): cells whose ``groupby`` label is not among the fitted groups (missing: False)."""
+    return (group_index(groups, responses.groups) < 0) & np.asarray(groups.notna())
+
+
 def corrections(responses: GroupResponses, codes: np.ndarray) -> np.ndarray:
     """Summed shift (n, G), in log rate, of the corrections ``codes`` (see :func:`edit_codes`)."""
     flat = responses.shift.reshape(-1, responses.shift.shape[-1])

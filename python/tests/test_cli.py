@@ -220,3 +220,15 @@ def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy
     ctrl = (small.obs["stim"] == 0).to_numpy()
     assert np.abs(on.X[ctrl] - off.X[ctrl]).max() > 0.01
     np.testing.assert_array_equal(on.X[~ctrl], off.X[~ctrl])
+    # cells of a group the model never saw keep the model's edit, and the summary line says so
+    renamed = small.copy()
+    renamed.obs["cell_type"] = renamed.obs["cell_type"].astype(str).replace("type2", "type9")
+    renamed.write_h5ad(tmp_path / "renamed.h5ad")
+    assert main(["edit", str(tmp_path / "renamed.h5ad"), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
+                 "--out", str(tmp_path / "edited_renamed.h5ad")]) == 0
+    n_type2 = int((small.obs["cell_type"] == "type2").sum())
+    assert f"; {n_type2} cells of groups not in the training data, not corrected)" in capsys.readouterr().out
+    renamed_out = ad.read_h5ad(tmp_path / "edited_renamed.h5ad")
+    type2 = (small.obs["cell_type"] == "type2").to_numpy()
+    np.testing.assert_array_equal(renamed_out.X[type2], off.X[type2])
+    np.testing.assert_array_equal(renamed_out.X[~type2], on.X[~type2])

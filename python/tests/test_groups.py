@@ -55,7 +55,8 @@ def test_calibration_moves_seen_groups_to_their_own_response_and_unseen_ones_by_
     ctype = test.obs["cell_type"].astype(str).to_numpy()
     seen, unseen = ctype != "type2", ctype == "type2"
     assert calibrated.uns["sccbgm_edit"]["group_calibration"] == {
-        "groupby": "cell_type", "n_cells": test.n_obs, "n_cells_pooled": int(unseen.sum())}
+        "groupby": "cell_type", "n_cells": test.n_obs, "n_cells_pooled": int(unseen.sum()),
+        "n_cells_unseen_group": 0}
     # the type-specific responses the decoder shares out are recovered on the seen types
     assert _mse(calibrated, test, seen) < 0.8 * _mse(plain, test, seen)
     # a type seen only as control gets the part of the others' misses they share, which brings it
@@ -195,6 +196,26 @@ def test_group_calibration_errors(data, model):
     edited = sccbgm.edit(model, bare, {"stim": 1})
     assert edited.uns["sccbgm_edit"]["group_calibration"]["n_cells"] == 0
     np.testing.assert_array_equal(edited.X, sccbgm.edit(model, test, {"stim": 1}, group_calibration=False).X)
+
+
+def test_a_label_unseen_at_fit_or_missing_keeps_the_models_edit(data, model):
+    _, test = data
+    ctype = test.obs["cell_type"].astype(str).to_numpy()
+    calibrated = sccbgm.edit(model, test, {"stim": 1})
+    plain = sccbgm.edit(model, test, {"stim": 1}, group_calibration=False)
+    relabelled = test.copy()
+    labels = relabelled.obs["cell_type"].astype(object).to_numpy()
+    labels[ctype == "type2"] = "type9"  # never seen at fit
+    labels[ctype == "type0"] = np.nan
+    relabelled.obs["cell_type"] = labels
+    edited = sccbgm.edit(model, relabelled, {"stim": 1})
+    kept = ctype != "type1"
+    np.testing.assert_array_equal(edited.X[kept], plain.X[kept])
+    np.testing.assert_array_equal(edited.X[~kept], calibrated.X[~kept])
+    assert not np.array_equal(calibrated.X[kept], plain.X[kept])
+    assert edited.uns["sccbgm_edit"]["group_calibration"] == {
+        "groupby": "cell_type", "n_cells": int((~kept).sum()), "n_cells_pooled": 0,
+        "n_cells_unseen_group": int((ctype == "type2").sum())}
 
 
 def test_labels_are_read_as_the_model_reads_them():

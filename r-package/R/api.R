@@ -287,7 +287,9 @@ setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, lay
 #'   default of a scCBGM fitted on counts) or `count_edit = "sample"`, `shift_unknown = FALSE`,
 #'   `group_calibration = FALSE` (a model fitted with `groupby`: skip its per-group correction;
 #'   the record's `group_calibration_n_cells` says how many cells were corrected,
-#'   `group_calibration_n_cells_pooled` how many of them by the pooled correction).
+#'   `group_calibration_n_cells_pooled` how many of them by the pooled correction,
+#'   `group_calibration_n_cells_unseen_group` how many cells have a group not in the training
+#'   data, which keep the model's edit).
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).

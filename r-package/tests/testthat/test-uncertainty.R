@@ -87,6 +87,7 @@ test_that("a model fitted with groupby calibrates the edit per group, from R as 
   # every control cell with a label is corrected (both flag groups were seen ctrl and STIM)
   expect_identical(record$group_calibration_n_cells, sum(sce$stim == "ctrl", na.rm = TRUE))
   expect_identical(record$group_calibration_n_cells_pooled, 0L)  # no group was seen in one state only
+  expect_identical(record$group_calibration_n_cells_unseen_group, 0L)
   plain <- sccbgm_edit(sce, model, set = list(stim = "STIM"), group_calibration = FALSE)
   expect_null(S4Vectors::metadata(plain)$sccbgm$group_calibration_n_cells)
   x <- SummarizedExperiment::assay(edited, "sccbgm")
