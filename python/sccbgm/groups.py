@@ -34,12 +34,22 @@ sqrt(w_j s_j^2 + tau_eta^2), its own deviation being unknown). Where the groups'
 their own and unrelated (the simulator's cell-type-specific variant) sigma_mu^2 is about 0 and
 the edit stays the model's; where the model misses a response common to the groups (on Kang it
 reproduces about 60% of the mean interferon response) the held-out group gets about half of the
-common miss. A concept whose groups all respond as the model predicts (tau^2 = 0,
+common miss. The mean over measured groups is weighted by how alike the groups are: weights
+k_h = exp(-D_gh^2 / (2 b^2)), D_gh the distance between the mean model inputs (PCs of the
+log-normalised expression) of group g's and group h's state-a training cells; dbar_j becomes
+sum_h k_h d_hj / sum_h k_h and s_j^2 = (tau_eta^2 + mean_g v_gj) sum_h k_h^2 / (sum_h k_h)^2,
+sigma_mu^2 and w_j as above with them. The bandwidth b is chosen per concept edit by predicting
+each measured group's miss from the others' (leave one group out) over b in
+:data:`POOLED_BANDWIDTHS` x the median distance between measured groups, and b = infinity (the
+unweighted mean), which is kept unless another predicts strictly better; a group without state-a
+training cells gets the unweighted mean. ``sigma_mu^2`` reported per concept edit
+(``pooled_mu2``) is the unweighted one. A concept whose groups all respond as the model predicts (tau^2 = 0,
 sigma_mu^2 = 0) leaves the edit unchanged. Concept columns with more than :data:`MAX_STATES`
 values, continuous concepts and the ``groupby`` column itself are not calibrated, and a group not
 in the training data keeps the model's edit. Chosen against a per-gene tau^2 and full or half
 corrections on the choose half of ``sccbgm bench validate`` and confirmed on the other half; the
-pooled correction likewise, against its full and half forms (docs/validation.md).
+pooled correction likewise, against its full and half forms, and its similarity weights against
+the unweighted mean (docs/validation.md).
 """
 
 from __future__ import annotations
@@ -60,6 +70,9 @@ MAX_STATES = 4
 """Concept columns with more values than this are not calibrated (pairs grow quadratically)."""
 MIN_POOLED_GROUPS = 2
 """Eligible groups needed to estimate the pooled correction of the others (their spread needs two)."""
+POOLED_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0)
+"""Similarity-weight bandwidths tried for the pooled correction, in units of the median distance
+between the measured groups (besides infinity, the unweighted mean)."""
 NONE, OWN, POOLED = 0, 1, 2
 """``GroupResponses.source`` codes: no correction, the group's own response, the pooled one."""
 
@@ -74,8 +87,9 @@ class GroupResponses:
     its sd, module docstring); zero where a group has no correction; ``n_cells``: (n_pairs, n_groups, 2) cells in state a and b; ``tau2``: per pair;
     ``source``: int8 (n_pairs, n_groups), :data:`OWN` (the group's own response), :data:`POOLED`
     (the common miss of the others) or :data:`NONE`; ``pooled_tau2`` / ``pooled_mu2``: per pair,
-    tau_eta^2 and sigma_mu^2 of the pooled correction. Edits of several columns at once add their
-    corrections.
+    tau_eta^2 and (unweighted) sigma_mu^2 of the pooled correction; ``pooled_bandwidth``: per
+    pair, the similarity weights' bandwidth b (None: unweighted). Edits of several columns at
+    once add their corrections.
     """
 
     groupby: str
@@ -88,6 +102,7 @@ class GroupResponses:
     source: np.ndarray | None = None
     pooled_tau2: list[float] = field(default_factory=list)
     pooled_mu2: list[float] = field(default_factory=list)
+    pooled_bandwidth: list[float | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.source is None:  # written before the pooled correction (format v3): own responses only
@@ -95,6 +110,7 @@ class GroupResponses:
         n_pairs = len(self.pairs)
         self.pooled_tau2 = list(self.pooled_tau2) or [0.0] * n_pairs
         self.pooled_mu2 = list(self.pooled_mu2) or [0.0] * n_pairs
+        self.pooled_bandwidth = list(self.pooled_bandwidth) or [None] * n_pairs
 
     @property
     def has_pooled(self) -> bool:
@@ -105,7 +121,8 @@ class GroupResponses:
         out = {"groupby": self.groupby, "groups": self.groups, "pairs": self.pairs,
                "n_cells": self.n_cells.tolist(), "tau2": self.tau2}
         if self.has_pooled:
-            out.update(source=self.source.tolist(), pooled_tau2=self.pooled_tau2, pooled_mu2=self.pooled_mu2)
+            out.update(source=self.source.tolist(), pooled_tau2=self.pooled_tau2, pooled_mu2=self.pooled_mu2,
+                       pooled_bandwidth=self.pooled_bandwidth)
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -127,7 +144,8 @@ class GroupResponses:
                    n_cells=np.asarray(header["n_cells"], dtype=np.int64).reshape(n_pairs, n_groups, 2),
                    tau2=[float(t) for t in header["tau2"]], source=source,
                    pooled_tau2=[float(t) for t in header.get("pooled_tau2", [])],
-                   pooled_mu2=[float(t) for t in header.get("pooled_mu2", [])])
+                   pooled_mu2=[float(t) for t in header.get("pooled_mu2", [])],
+                   pooled_bandwidth=[None if b is None else float(b) for b in header.get("pooled_bandwidth", [])])
 
     def describe(self) -> list[str]:
         """One line per concept edit: which groups get their own response, which the pooled one
@@ -214,7 +232,7 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
     states = {k: v for k, v in concept_states(model.spec, labels, mask).items() if k != groupby}
     moments = _group_moments(model, adata, layer, states, gidx, len(groups))
     rng = np.random.default_rng(seed)
-    pairs, shifts, sds, counts, tau2s, sources, pooled = [], [], [], [], [], [], []
+    pairs, shifts, sds, counts, tau2s, sources, pooled, bandwidths = [], [], [], [], [], [], [], []
     for k, (vals, idx) in states.items():
         for a in range(len(vals)):
             for b in range(len(vals)):
@@ -239,10 +257,16 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
                 shift, sd = w * d, np.sqrt(w * v)
                 source = np.full(len(groups), NONE, dtype=np.int8)
                 source[eligible] = OWN
-                common, common_sd, eta2, mu2 = pooled_correction(d[eligible], v[eligible])
-                if mu2 > 0:
-                    others = np.setdiff1d(np.arange(len(groups)), eligible)
-                    shift[others], sd[others], source[others] = common, common_sd, POOLED
+                _, _, eta2, mu2 = pooled_correction(d[eligible], v[eligible])
+                profiles = _profiles(moments[(k, a)])
+                bandwidth = pooled_bandwidth(profiles[eligible], d[eligible])
+                for g in np.setdiff1d(np.arange(len(groups)), eligible):
+                    weights = None
+                    if bandwidth is not None and not np.isnan(profiles[g]).any():
+                        weights = similarity_weights(profiles[eligible], profiles[g], bandwidth)
+                    common, common_sd, _, mu2_g = pooled_correction(d[eligible], v[eligible], weights)
+                    if mu2_g > 0:
+                        shift[g], sd[g], source[g] = common, common_sd, POOLED
                 pairs.append(f"{k}|{vals[a]}|{vals[b]}")
                 shifts.append(shift.astype(np.float32))
                 sds.append(sd.astype(np.float32))
@@ -250,6 +274,7 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
                 tau2s.append(tau2)
                 sources.append(source)
                 pooled.append((eta2, mu2))
+                bandwidths.append(bandwidth)
     if not pairs:
         raise SCCBGMError(
             f"no group of {groupby!r} has at least {MIN_CELLS} training cells in two states of a concept, "
@@ -257,29 +282,69 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
         )
     return GroupResponses(groupby=groupby, groups=groups, pairs=pairs, shift=np.stack(shifts), sd=np.stack(sds),
                           n_cells=np.stack(counts).astype(np.int64), tau2=tau2s, source=np.stack(sources),
-                          pooled_tau2=[e for e, _ in pooled], pooled_mu2=[m for _, m in pooled])
+                          pooled_tau2=[e for e, _ in pooled], pooled_mu2=[m for _, m in pooled],
+                          pooled_bandwidth=bandwidths)
 
 
-def pooled_correction(d: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, float, float]:
+def pooled_correction(d: np.ndarray, v: np.ndarray, weights: np.ndarray | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """The common miss of the measured groups, shrunk, for a group without its own response.
 
     ``d`` / ``v``: (G', n_genes) misses d_gj and their sampling variances v_gj of the eligible
-    groups. Returns the correction w_j dbar_j and its sd sqrt(w_j s_j^2 + tau_eta^2) (n_genes,),
-    tau_eta^2 and sigma_mu^2 (module docstring); all zero below :data:`MIN_POOLED_GROUPS` groups
-    or where sigma_mu^2 = 0.
+    groups; ``weights``: (G',) similarity weights of the measured groups (None: equal). Returns
+    the correction w_j dbar_j and its sd sqrt(w_j s_j^2 + tau_eta^2) (n_genes,), tau_eta^2 and
+    sigma_mu^2 (module docstring); all zero below :data:`MIN_POOLED_GROUPS` groups or where
+    sigma_mu^2 = 0.
     """
     n = d.shape[0]
     zero = np.zeros(d.shape[1])
     if n < MIN_POOLED_GROUPS:
         return zero, zero, 0.0, 0.0
-    dbar = d.mean(axis=0)
-    eta2 = max(0.0, float(((d - dbar) ** 2).sum(axis=0).mean() / (n - 1) - v.mean()))
-    s2 = (eta2 + v.mean(axis=0)) / n
+    eta2 = max(0.0, float(((d - d.mean(axis=0)) ** 2).sum(axis=0).mean() / (n - 1) - v.mean()))
+    k = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    dbar = k @ d
+    s2 = (eta2 + v.mean(axis=0)) * float(k @ k)
     mu2 = max(0.0, float((dbar**2).mean() - s2.mean()))
     if mu2 == 0.0:
         return zero, zero, eta2, 0.0
     w = mu2 / (mu2 + s2)
     return w * dbar, np.sqrt(w * s2 + eta2), eta2, mu2
+
+
+def similarity_weights(profiles: np.ndarray, target: np.ndarray, bandwidth: float) -> np.ndarray:
+    """exp(-D^2 / (2 b^2)) of each measured group's profile (G', F) to ``target`` (F,); equal
+    weights where all of them underflow."""
+    weights = np.exp(-((profiles - target) ** 2).sum(axis=1) / (2 * bandwidth**2))
+    return weights if weights.sum() > 0 else np.ones(len(profiles))
+
+
+def pooled_bandwidth(profiles: np.ndarray, d: np.ndarray) -> float | None:
+    """The similarity weights' bandwidth that best predicts each measured group's miss from the
+    others' (leave one group out, mean squared error over genes), over :data:`POOLED_BANDWIDTHS`
+    x the median distance between the groups; None (the unweighted mean) unless one predicts
+    strictly better. ``profiles``: (G', F) mean model inputs; ``d``: (G', n_genes) misses."""
+    n = d.shape[0]
+    if n < 3:  # with two groups every bandwidth predicts one group by the other alike
+        return None
+    dist = np.sqrt(((profiles[:, None] - profiles[None]) ** 2).sum(axis=-1))
+    median = float(np.median(dist[~np.eye(n, dtype=bool)]))
+    if not median > 0:
+        return None
+
+    def loo_error(bandwidth: float | None) -> float:
+        err = 0.0
+        for h in range(n):
+            others = np.delete(np.arange(n), h)
+            k = np.ones(n - 1) if bandwidth is None else similarity_weights(profiles[others], profiles[h], bandwidth)
+            err += float(((d[h] - k @ d[others] / k.sum()) ** 2).mean())
+        return err
+
+    best, best_err = None, loo_error(None)
+    for q in POOLED_BANDWIDTHS:
+        err = loo_error(q * median)
+        if err < best_err:
+            best, best_err = q * median, err
+    return best
 
 
 def _normalised(model: Any, raw: Any) -> np.ndarray:
@@ -288,35 +353,50 @@ def _normalised(model: Any, raw: Any) -> np.ndarray:
     return np.expm1(model.transform.lognorm(np.asarray(x, dtype=np.float64)))
 
 
+Moments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _group_moments(model: Any, adata: Any, layer: str | None, states: dict[str, Any], gidx: np.ndarray,
-                   n_groups: int) -> dict[tuple[str, int], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+                   n_groups: int) -> dict[tuple[str, int], Moments]:
     """One chunked pass: per (column, value index) the per-group sum and sum of squares of the
-    normalised counts (n_groups, G) and the cell counts (n_groups,)."""
+    normalised counts (n_groups, G), the cell counts (n_groups,) and the sum of the model inputs
+    (n_groups, n_features)."""
     from sccbgm.editing import read_chunks
 
-    n_genes = len(model.genes)
-    acc = {(k, s): (np.zeros((n_groups, n_genes)), np.zeros((n_groups, n_genes)), np.zeros(n_groups, dtype=np.int64))
+    n_genes, n_features = len(model.genes), model.transform.n_features
+    acc = {(k, s): (np.zeros((n_groups, n_genes)), np.zeros((n_groups, n_genes)), np.zeros(n_groups, dtype=np.int64),
+                    np.zeros((n_groups, n_features)))
            for k, (vals, _) in states.items() for s in range(len(vals))}
     for pos, raw in read_chunks(model, adata, np.arange(adata.n_obs), layer):
-        norm = _normalised(model, raw)
+        x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
+        lognorm = model.transform.lognorm(np.asarray(x, dtype=np.float64))
+        norm, features = np.expm1(lognorm), model.transform.features(lognorm)
         g_chunk = gidx[pos]
         for k, (vals, idx) in states.items():
             s_chunk = idx[pos]
             for s in range(len(vals)):
-                sums, sq, n = acc[(k, s)]
+                sums, sq, n, fsum = acc[(k, s)]
                 for g in np.unique(g_chunk[(s_chunk == s) & (g_chunk >= 0)]):
                     sel = (s_chunk == s) & (g_chunk == g)
                     sums[g] += norm[sel].sum(0)
                     sq[g] += (norm[sel] ** 2).sum(0)
                     n[g] += int(sel.sum())
+                    fsum[g] += features[sel].sum(0, dtype=np.float64)
     return acc
 
 
-def _mean_var(moments: tuple[np.ndarray, np.ndarray, np.ndarray], g: int) -> tuple[np.ndarray, np.ndarray]:
+def _mean_var(moments: Moments, g: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance (ddof 1) per gene of group g from its sums (see :func:`_group_moments`)."""
-    sums, sq, n = moments
+    sums, sq, n, _ = moments
     mean = sums[g] / n[g]
     return mean, np.clip(sq[g] - n[g] * mean**2, 0, None) / (n[g] - 1)
+
+
+def _profiles(moments: Moments) -> np.ndarray:
+    """Each group's mean model input in this state (n_groups, n_features); NaN without cells."""
+    _, _, n, fsum = moments
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return fsum / n[:, None]
 
 
 def _model_edit(model: Any, adata: Any, layer: str | None, cells: np.ndarray,
