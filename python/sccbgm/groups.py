@@ -139,6 +139,9 @@ class GroupResponses:
             source = np.asarray(header["source"], dtype=np.int8)
             if source.shape != (n_pairs, n_groups) or not np.isin(source, (NONE, OWN, POOLED)).all():
                 raise SCCBGMError("the group calibration's sources do not match its header; the file is corrupt.")
+        for key in ("tau2", "pooled_tau2", "pooled_mu2", "pooled_bandwidth"):
+            if key in header and len(header[key]) != n_pairs:
+                raise SCCBGMError(f"the group calibration's {key} does not match its pairs; the file is corrupt.")
         return cls(groupby=str(header["groupby"]), groups=[str(g) for g in header["groups"]],
                    pairs=[str(p) for p in header["pairs"]], shift=shift, sd=sd,
                    n_cells=np.asarray(header["n_cells"], dtype=np.int64).reshape(n_pairs, n_groups, 2),
@@ -157,7 +160,10 @@ class GroupResponses:
             for code, what in ((OWN, "own response"), (POOLED, "pooled"), (NONE, "none")):
                 names = [g for g, src in zip(self.groups, self.source[p], strict=True) if src == code]
                 if names:
-                    extra = f" (sigma_mu^2 {self.pooled_mu2[p]:.3g})" if code == POOLED else ""
+                    extra = ""
+                    if code == POOLED:
+                        weighted = "" if self.pooled_bandwidth[p] is None else ", weighted by similarity"
+                        extra = f" (sigma_mu^2 {self.pooled_mu2[p]:.3g}{weighted})"
                     parts.append(f"{what} for {', '.join(names)}{extra}")
             lines.append(f"{col} {a} -> {b}: " + "; ".join(parts))
         return lines

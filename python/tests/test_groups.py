@@ -217,6 +217,8 @@ def test_similarity_weighted_correction_of_a_fitted_model_by_hand(tmp_path):
     p = resp.pairs.index("stim|0|1")
     measured = [g for g in resp.groups if g != "type0_0"]
     assert resp.source[p, resp.groups.index("type0_0")] == 2  # pooled
+    assert f"pooled for type0_0 (sigma_mu^2 {resp.pooled_mu2[p]:.3g}, weighted by similarity)" in resp.describe()[
+        resp.pairs.index("stim|0|1")]
     d, v = _misses_by_hand(model, train, "cluster", measured)
     dd, vv = np.stack([d[g] for g in measured]), np.stack([v[g] for g in measured])
     label, ctrl = train.obs["cluster"].astype(str).to_numpy(), (train.obs["stim"] == 0).to_numpy()

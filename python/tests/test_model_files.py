@@ -147,10 +147,11 @@ def _set(path: list[str], value):
         (None, lambda t: t.pop("transform.components"), "lacks the tensor 'transform.components'"),
         (None, lambda t: t.update({"vae.extra.weight": t["transform.mean"].clone()}), "unexpected tensor"),
         (_set(["group_responses", "source"], [[9]]), None, "group calibration's sources .* corrupt"),
+        (_set(["group_responses", "pooled_mu2"], [0.1]), None, "pooled_mu2 does not match its pairs"),
     ],
     ids=["newer-version", "bad-version", "foreign-format", "unknown-config-key", "unknown-class",
          "shape-mismatch", "bad-config-value", "no-spec", "no-genes", "missing-weight",
-         "missing-transform", "extra-tensor", "bad-group-sources"],
+         "missing-transform", "extra-tensor", "bad-group-sources", "bad-pooled-mu2"],
 )
 def test_every_load_failure_is_a_clear_sccbgm_error(tmp_path, edit_header, edit_tensors, message):
     path = _rewrite(_golden_files()[-1], tmp_path / "bad.sccbgm", edit_header, edit_tensors)
