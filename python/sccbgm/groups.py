@@ -263,14 +263,15 @@ def fit_group_responses(model: Any, adata: Any, groupby: str, layer: str | None 
                 shift, sd = w * d, np.sqrt(w * v)
                 source = np.full(len(groups), NONE, dtype=np.int8)
                 source[eligible] = OWN
-                _, _, eta2, mu2 = pooled_correction(d[eligible], v[eligible])
+                plain = pooled_correction(d[eligible], v[eligible])
+                eta2, mu2 = plain[2], plain[3]
                 profiles = _profiles(moments[(k, a)])
                 bandwidth = pooled_bandwidth(profiles[eligible], d[eligible])
                 for g in np.setdiff1d(np.arange(len(groups)), eligible):
-                    weights = None
+                    common, common_sd, _, mu2_g = plain
                     if bandwidth is not None and not np.isnan(profiles[g]).any():
                         weights = similarity_weights(profiles[eligible], profiles[g], bandwidth)
-                    common, common_sd, _, mu2_g = pooled_correction(d[eligible], v[eligible], weights)
+                        common, common_sd, _, mu2_g = pooled_correction(d[eligible], v[eligible], weights)
                     if mu2_g > 0:
                         shift[g], sd[g], source[g] = common, common_sd, POOLED
                 pairs.append(f"{k}|{vals[a]}|{vals[b]}")
@@ -353,10 +354,15 @@ def pooled_bandwidth(profiles: np.ndarray, d: np.ndarray) -> float | None:
     return best
 
 
+def _lognormalised(model: Any, raw: Any) -> np.ndarray:
+    """Raw counts block -> the model's log-normalised values (n, G), dense float64."""
+    x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
+    return model.transform.lognorm(np.asarray(x, dtype=np.float64))
+
+
 def _normalised(model: Any, raw: Any) -> np.ndarray:
     """Raw counts block -> counts normalised to the model's ``target_sum`` (n, G) float64."""
-    x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
-    return np.expm1(model.transform.lognorm(np.asarray(x, dtype=np.float64)))
+    return np.expm1(_lognormalised(model, raw))
 
 
 Moments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
@@ -374,8 +380,7 @@ def _group_moments(model: Any, adata: Any, layer: str | None, states: dict[str, 
                     np.zeros((n_groups, n_features)))
            for k, (vals, _) in states.items() for s in range(len(vals))}
     for pos, raw in read_chunks(model, adata, np.arange(adata.n_obs), layer):
-        x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
-        lognorm = model.transform.lognorm(np.asarray(x, dtype=np.float64))
+        lognorm = _lognormalised(model, raw)
         norm, features = np.expm1(lognorm), model.transform.features(lognorm)
         g_chunk = gidx[pos]
         for k, (vals, idx) in states.items():
