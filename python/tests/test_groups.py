@@ -208,7 +208,8 @@ def test_similarity_weighted_correction_of_a_fitted_model_by_hand(tmp_path):
     leave one group out."""
     from sccbgm.groups import pooled_bandwidth, pooled_correction, similarity_weights
 
-    train = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8)[:1000].copy()
+    toy = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8)
+    train = toy[:1000].copy()
     half = np.random.default_rng(7).integers(0, 2, train.n_obs)  # not 0: the toy drew its types with seed 0
     train.obs["cluster"] = [f"{t}_{h}" for t, h in zip(train.obs["cell_type"].astype(str), half, strict=True)]
     train = train[~((train.obs["cluster"] == "type0_0") & (train.obs["stim"] == 1)).to_numpy()].copy()
@@ -244,7 +245,6 @@ def test_similarity_weighted_correction_of_a_fitted_model_by_hand(tmp_path):
     # the unweighted correction does (measured 0.028 vs 0.039; the model's own edit 0.047)
     import copy
 
-    toy = make_toy(n_cells=1500, n_genes=80, type_effect_sd=0.8)
     test = toy[1000:][((toy.obs["cell_type"] == "type0") & (toy.obs["stim"] == 0)).to_numpy()[1000:]].copy()
     test.obs["cluster"] = "type0_0"
     unweighted = copy.copy(model)
