@@ -402,6 +402,7 @@ def edit(
     shift_unknown: bool | None = None,
     out: str | os.PathLike[str] | None = None,
     group_calibration: bool | None = None,
+    share_response: bool | str | None = None,
 ) -> Any:
     """Counterfactual edit: what would these cells look like with the concepts in ``set``?
 
@@ -469,6 +470,18 @@ def edit(
         ``sccbgm_edit["group_calibration"]`` records the column, the cells corrected
         (``n_cells``), those of them corrected by the pooled correction (``n_cells_pooled``) and
         the cells whose label is not among the fitted groups (``n_cells_unseen_group``).
+    share_response
+        The count-space edit: cells of one group (an obs column) that undergo the same edit (same
+        concept values before and after) share one predicted log rate ratio, the mean of their
+        own (over at most :data:`sccbgm.editing.SHARE_MAX_CELLS` of them; member by member for
+        an ensemble), applied to each cell's own counts; the model's per-cell variation of the
+        response is dropped. None (default): by the model's ``groupby`` column for a model
+        fitted with ``groupby`` and a count-space edit (cells without a label or without the
+        column keep their own); True: the same, required; a column name: by that column;
+        False: each cell its own ratio. Chosen on held-out cells (docs/validation.md, "Shared
+        response"). uns ``sccbgm_edit["shared_response"]`` records the column, the groups of
+        more than one cell (``n_groups``) and their cells (``n_cells``). A group's response is
+        the mean over the cells edited in the same call.
 
     Returns
     -------
@@ -502,7 +515,7 @@ def edit(
         return edit_cells(
             model, adata, set, residual=residual, cells=cells, layer=layer, mode=mode, seed=seed, n_steps=n_steps,
             count_edit=count_edit, shift_unknown=shift_unknown,
-            out=out, group_calibration=group_calibration,
+            out=out, group_calibration=group_calibration, share_response=share_response,
         )
 
 

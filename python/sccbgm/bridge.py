@@ -580,7 +580,8 @@ def edit_result_to_spec(result: Any, edited_columns: Sequence[str], x_file: str 
         "concepts_edited": _embedding_spec(result, "X_concepts_edited"),
         "unknown": _embedding_spec(result, "X_unknown"),
         "info": {**{k: v for k, v in info.items() if isinstance(v, (str, bool, int, float))},
-                 **{f"group_calibration_{k}": v for k, v in dict(info.get("group_calibration") or {}).items()}},
+                 **{f"group_calibration_{k}": v for k, v in dict(info.get("group_calibration") or {}).items()},
+                 **{f"shared_response_{k}": v for k, v in dict(info.get("shared_response") or {}).items()}},
         "uncertainty": _uncertainty_specs(result, x_file),
         "uncertainty_info": {
             k: v for k, v in dict(info.get("uncertainty", {})).items() if isinstance(v, (str, bool, int, float))

@@ -421,6 +421,9 @@ def _run(argv: list[str]) -> int:
     e.add_argument("--decoder-output", action="store_true", help="return the decoder output (residual=False)")
     e.add_argument("--no-group-calibration", action="store_true",
                    help="a model fitted with --groupby: edit without its per-group correction")
+    e.add_argument("--no-shared-response", action="store_true",
+                   help="a model fitted with --groupby: each cell keeps its own predicted rate ratio "
+                        "(default: the cells of a group edited alike share their mean)")
     e.add_argument("--out", required=True, help=".h5ad to write (never an input; not an existing file unless --overwrite)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     _add_tool_parsers(sub)
@@ -461,8 +464,10 @@ def _run(argv: list[str]) -> int:
         try:
             edited = sccbgm.edit(model, source, set_, layer=args.layer,
                                  residual=False if args.decoder_output else None, out=out,
-                                 group_calibration=False if args.no_group_calibration else None)
+                                 group_calibration=False if args.no_group_calibration else None,
+                                 share_response=False if args.no_shared_response else None)
             calibrated = edited.uns["sccbgm_edit"].get("group_calibration")
+            shared = edited.uns["sccbgm_edit"].get("shared_response")
             note = ""
             if calibrated is not None:
                 unseen = calibrated["n_cells_unseen_group"]
@@ -470,6 +475,9 @@ def _run(argv: list[str]) -> int:
                         f"{calibrated['n_cells_pooled']} of them by the pooled correction"
                         + (f"; {unseen} cells of groups not in the training data, not corrected" if unseen else "")
                         + ")")
+            if shared is not None:
+                note += (f"; {shared['n_cells']} cells in {shared['n_groups']} groups of {shared['column']} "
+                         "share their group's mean response")
             print(f"edited {edited.n_obs} cells{note}; wrote {out}")
             edited.file.close()
         finally:

@@ -29,6 +29,14 @@ likelihood, so zeros and detection rates change as in real cells:
 
 then x' is library-size normalised (its own total, to ``target_sum``) and log1p-transformed.
 
+``share_response`` (count-space edits): the cells of a group (by default the model's
+``groupby`` column) that undergo the same edit share one log rate ratio per gene, the mean of
+their own ratios (member by member; over at most :data:`SHARE_MAX_CELLS` of them, one extra
+model pass), applied to each cell's own counts as above. The model's cell-to-cell variation of
+the response within a group is dropped; each cell keeps its own counts, library size and count
+noise. Chosen on the choose half of ``sccbgm bench validate`` and confirmed on the other half
+(docs/validation.md, "Shared response").
+
 ``shift_unknown=True`` (concept-bottleneck models) corrects for the leakage of concepts into u:
 the abducted u is moved by (c' - c_hat) B_u before decoding, with B_u the least-squares change of
 u per unit of each concept over the training cells (stored at fit time); u stays >= 0.
@@ -88,6 +96,9 @@ DEFAULT_SHIFT_UNKNOWN = True
 """Default of ``shift_unknown`` (chosen on the choose half of ``sccbgm bench validate``)."""
 COUNT_EDITS = ("auto", None, "none", "sample", "mean")
 """Values of ``count_edit``; ``"none"`` is None (for callers that cannot pass None, e.g. R)."""
+SHARE_MAX_CELLS = 2000
+"""A shared response (``share_response``) is the mean over at most this many of a group's edited
+cells (drawn with a fixed seed when there are more), so its extra model pass stays bounded."""
 
 
 def rate_log_ratio(factual: np.ndarray, edited: np.ndarray) -> np.ndarray:
@@ -393,6 +404,31 @@ class H5adSink(MemorySink):
             self.tmp.unlink(missing_ok=True)
 
 
+def _share_column(share_response: Any, model: Model, count_edit: str | None, adata: Any) -> str | None:
+    """The obs column whose groups share a response (``share_response`` of :func:`edit_cells`),
+    or None; SCCBGMError for a bad value."""
+    responses = model.group_responses
+    if share_response is None:
+        return responses.groupby if responses is not None and count_edit is not None else None
+    if share_response is False:
+        return None
+    if count_edit is None:
+        raise SCCBGMError("share_response shares the count-space edit's rate ratio; it cannot be used with "
+                          "count_edit=None.")
+    if "flow" in model.parts:
+        raise SCCBGMError("share_response is for the decoder edit of a scCBGM; a flow model edits each cell "
+                          "on its own (share_response=False).")
+    if share_response is True:
+        if responses is None:
+            raise SCCBGMError("share_response=True needs a model fitted with groupby; or pass the obs column "
+                              "whose groups share a response (share_response='cell_type').")
+        return responses.groupby
+    if not isinstance(share_response, str) or share_response not in adata.obs:
+        raise SCCBGMError(f"share_response must be None, True, False or an obs column; {share_response!r} is not "
+                          "one.")
+    return share_response
+
+
 def _check_out(adata: Any, out: str | os.PathLike[str]) -> None:
     """Refuse to write the edit over the input file."""
     src = getattr(adata, "filename", None)
@@ -416,14 +452,17 @@ def edit_cells(
     out: str | os.PathLike[str] | None = None,
     group_calibration: bool | None = None,
     uncertainty: bool = True,
+    share_response: bool | str | None = None,
 ) -> Any:
     """Counterfactual edit of the selected cells; returns a new AnnData (see module docstring).
 
     The prediction step of each model family (decoder, or flow with ``mode`` / ``seed`` /
     ``n_steps``) is :class:`sccbgm.predict.Counterfactual`. ``group_calibration``: add the
     model's group corrections (:mod:`sccbgm.groups`) to the count-space edit (None: when the
-    model has them and the edit is in count space). ``uncertainty=False`` skips an ensemble's
-    uncertainty layers.
+    model has them and the edit is in count space). ``share_response``: the obs column whose
+    groups share one log rate ratio (:func:`share_keys`; True / None: the model's ``groupby``,
+    None only with a count-space edit; False: each cell its own). ``uncertainty=False`` skips an
+    ensemble's uncertainty layers.
     """
     import anndata as ad
 
@@ -451,6 +490,7 @@ def edit_cells(
     if group_calibration and count_edit is None:
         raise SCCBGMError("group_calibration corrects the count-space edit; it cannot be used with count_edit=None.")
     use_groups = responses is not None and count_edit is not None and group_calibration is not False
+    share_col = _share_column(share_response, model, count_edit, adata)
     predictors = _member_predictors(model, mode, flow_seed, n_steps, shift_unknown)
     count_rng = np.random.default_rng(seed) if count_edit == "sample" else None
     rows = select_cells(adata, cells)
@@ -473,6 +513,18 @@ def edit_cells(
 
         groups = obs[responses.groupby] if responses.groupby in obs else pd.Series([None] * n, dtype=object)
         codes = edit_codes(responses, spec, groups, observed, obs_mask, target, assigned)
+
+    shared = None
+    if share_col is not None and share_col in obs:
+        keys = share_keys(obs[share_col], spec, list(set_), observed, obs_mask, target, assigned)
+        if (keys >= 0).any():
+            require_memory(
+                (int(keys.max()) + 1) * len(predictors) * len(model.genes) * 8,
+                f"the shared responses of {int(keys.max()) + 1:,} groups",
+                "edit without them (`share_response=False`) or fewer groups at a time (`cells=`)",
+            )
+            shared = (keys, shared_log_ratios(model, adata, rows, layer, predictors,
+                                              (observed, obs_mask, target, assigned), keys))
 
     new_obs = obs.copy()
     for name in set_:
@@ -512,7 +564,8 @@ def edit_cells(
             else:
                 _edit_chunk_members(sink, pos, tr, predictors, raw, args, residual, count_edit, count_rng,
                                     half_width, uncertainty,
-                                    None if codes is None else (responses, codes[pos]))
+                                    None if codes is None else (responses, codes[pos]),
+                                    None if shared is None else (shared[0][pos], shared[1]))
         uns = {
             "sccbgm_edit": {
                 "model": model.name,
@@ -534,6 +587,10 @@ def edit_cells(
                 "groupby": responses.groupby, "n_cells": int((codes >= 0).any(axis=1).sum()),
                 "n_cells_pooled": int(pooled.any(axis=1).sum()),
                 "n_cells_unseen_group": int(unseen_labels(responses, groups).sum())}
+        if share_col is not None:
+            keys = shared[0] if shared is not None else np.zeros(0, dtype=np.int64)
+            uns["sccbgm_edit"]["shared_response"] = {
+                "column": share_col, "n_groups": int(keys.max(initial=-1)) + 1, "n_cells": int((keys >= 0).sum())}
         if n_members > 1:
             uns["sccbgm_edit"]["n_members"] = n_members
             if predictors[0].seed is not None:
@@ -576,14 +633,71 @@ def _edit_chunk_additive(sink: MemorySink, pos: slice, tr: Any, predict: Any, ra
         sink.put("X_noise", pos, pred.noise)
 
 
+def share_keys(labels: pd.Series, spec: Any, set_names: Sequence[str], observed: np.ndarray,
+               observed_mask: np.ndarray, target: np.ndarray, assigned: np.ndarray) -> np.ndarray:
+    """Per cell (n,), the index (0, 1, ...) of the cells it shares its response with, or -1 (no
+    label, or no other cell to share with).
+
+    Cells share when they have the same ``labels`` value (a string; missing: never shared) and the
+    same edit of every column in ``set_names``: the same observed value (or both missing) and the
+    same target (or both kept). ``observed`` / ``observed_mask``: encoded labels (n, K);
+    ``target`` / ``assigned``: the edit (n, K)."""
+    codes = pd.factorize(labels.astype("string"), use_na_sentinel=True)[0]
+    slices = spec.slices()
+    cols = np.concatenate([np.arange(slices[name].start, slices[name].stop) for name in set_names])
+    seen, changed = observed_mask[:, cols] > 0, assigned[:, cols]
+    rows = np.column_stack([codes, np.where(seen, observed[:, cols], 0.0), seen,
+                            np.where(changed, target[:, cols], 0.0), changed]).astype(np.float64)
+    keys = np.full(codes.size, -1, dtype=np.int64)
+    ok = codes >= 0
+    if ok.any():
+        found = np.unique(rows[ok], axis=0, return_inverse=True)[1].reshape(-1)
+        sizes = np.bincount(found)
+        index = np.cumsum(sizes >= 2) - 1  # the groups of two or more cells, numbered 0, 1, ...
+        keys[ok] = np.where(sizes[found] >= 2, index[found], -1)
+    return keys
+
+
+def shared_log_ratios(
+    model: Model, adata: Any, rows: np.ndarray, layer: str | None, predictors: list[Any],
+    args: tuple[np.ndarray, ...], keys: np.ndarray,
+) -> np.ndarray:
+    """Each member's mean log rate ratio over the cells of each share key (n_keys, n_members, G):
+    one model pass over at most :data:`SHARE_MAX_CELLS` cells per key. ``rows``: the edited
+    cells' rows of ``adata``; ``args``: their (observed, mask, target, assigned); ``keys``: their
+    :func:`share_keys`."""
+    n_keys = int(keys.max()) + 1
+    rng = np.random.default_rng(0)
+    picked = []
+    for k in range(n_keys):
+        members = np.flatnonzero(keys == k)
+        if members.size > SHARE_MAX_CELLS:
+            members = rng.choice(members, SHARE_MAX_CELLS, replace=False)
+        picked.append(members)
+    sub = np.sort(np.concatenate(picked))
+    tr = model.transform
+    sums = np.zeros((n_keys, len(predictors), len(model.genes)))
+    for pos, raw in read_chunks(model, adata, rows[sub], layer):
+        cells = sub[pos]
+        x_raw = np.asarray(raw.toarray() if sp.issparse(raw) else raw, dtype=np.float64)
+        feats = tr.features(tr.lognorm(x_raw))
+        onehot = sp.csr_matrix((np.ones(cells.size), (keys[cells], np.arange(cells.size))),
+                               shape=(n_keys, cells.size))
+        for m, predict in enumerate(predictors):
+            pred = predict(feats, *(a[cells] for a in args), True)
+            sums[:, m] += onehot @ rate_log_ratio(tr.to_genes(pred.factual), tr.to_genes(pred.edited))
+    return sums / np.bincount(keys[sub], minlength=n_keys)[:, None, None]
+
+
 def _edit_chunk_members(
     sink: MemorySink, pos: slice, tr: Any, predictors: list[Any], raw: Any, args: tuple, residual: bool,
     count_edit: str | None, count_rng: Any, half_width: float, uncertainty: bool = True,
-    groups: tuple[Any, np.ndarray] | None = None,
+    groups: tuple[Any, np.ndarray] | None = None, shared: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> None:
     """Ensemble members and / or the count-space edit on one (dense) chunk (module docstring).
     ``groups``: (group responses, their codes for these cells), added to every member's log rate
-    ratio (:mod:`sccbgm.groups`)."""
+    ratio (:mod:`sccbgm.groups`). ``shared``: (these cells' share keys, :func:`shared_log_ratios`):
+    a cell with a key takes its key's mean log rate ratio instead of its own, member by member."""
     n_members = len(predictors)
     x_raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
     x_raw = np.asarray(x_raw, dtype=np.float64)
@@ -608,8 +722,12 @@ def _edit_chunk_members(
             # members are combined by their mean log rate ratio, applied once in count space;
             # each member's own (expected) count edit gives the spread
             member_log_ratio = rate_log_ratio(fact, x_new)
+            if shared is not None:
+                keys, means = shared
+                member_log_ratio = np.where((keys >= 0)[:, None], means[np.maximum(keys, 0), m], member_log_ratio)
             if group_shift is not None:
                 member_log_ratio += group_shift
+            if shared is not None or group_shift is not None:
                 x_new = np.log1p(np.exp(member_log_ratio) * (np.expm1(np.clip(fact, 0.0, None)) + RATE_EPS)
                                  - RATE_EPS)
             log_ratio += member_log_ratio / n_members

@@ -211,8 +211,9 @@ def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy
                      "--out", str(outs[name]), *extra]) == 0
         printed = capsys.readouterr().out
         n_ctrl = int((small.obs["stim"] == 0).sum())
-        said = f"(group calibration by cell_type: {n_ctrl} cells corrected, 0 of them by the pooled correction)"
+        said = f"(group calibration by cell_type: {n_ctrl} cells corrected, 0 of them by the pooled correction"
         assert (said in printed) == (name == "on")
+        assert f"{small.n_obs} cells in 6 groups of cell_type share their group's mean response" in printed
     on, off = ad.read_h5ad(outs["on"]), ad.read_h5ad(outs["off"])
     n_ctrl = int((small.obs["stim"] == 0).sum())
     assert on.uns["sccbgm_edit"]["group_calibration"]["n_cells"] == n_ctrl
@@ -220,6 +221,16 @@ def test_fit_with_groupby_and_edit_streamed_with_and_without_the_calibration(toy
     ctrl = (small.obs["stim"] == 0).to_numpy()
     assert np.abs(on.X[ctrl] - off.X[ctrl]).max() > 0.01
     np.testing.assert_array_equal(on.X[~ctrl], off.X[~ctrl])
+    # by default the cells of a group edited alike share their mean rate ratio; the flag turns it off
+    shared = on.uns["sccbgm_edit"]["shared_response"]
+    assert shared["column"] == "cell_type" and shared["n_cells"] == small.n_obs
+    own_path = tmp_path / "edited_own.h5ad"
+    assert main(["edit", str(data), "--model", str(model_path), "--set", json.dumps({"stim": 1}),
+                 "--out", str(own_path), "--no-shared-response"]) == 0
+    assert "share their group's mean response" not in capsys.readouterr().out
+    own = ad.read_h5ad(own_path)
+    assert "shared_response" not in own.uns["sccbgm_edit"]
+    assert np.abs(on.X[ctrl] - own.X[ctrl]).max() > 1e-3
     # cells of a group the model never saw keep the model's edit, and the summary line says so
     renamed = small.copy()
     renamed.obs["cell_type"] = renamed.obs["cell_type"].astype(str).replace("type2", "type9")

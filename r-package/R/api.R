@@ -289,7 +289,10 @@ setMethod("sccbgm_fit", "ANY", function(object, concepts, ..., assay = NULL, lay
 #'   the record's `group_calibration_n_cells` says how many cells were corrected,
 #'   `group_calibration_n_cells_pooled` how many of them by the pooled correction,
 #'   `group_calibration_n_cells_unseen_group` how many cells have a group not in the training
-#'   data, which keep the model's edit).
+#'   data, which keep the model's edit), `share_response = FALSE` (a model fitted with
+#'   `groupby`: each cell keeps its own predicted rate ratio instead of its group's mean; or a
+#'   metadata column whose groups share it; the record's `shared_response_n_cells` and
+#'   `shared_response_n_groups` say how many cells and groups shared one).
 #' @param residual `TRUE`: residual-preserving edit (the model's predicted change added to the
 #'   observed cell); `FALSE`: the decoder output; `NULL`: the model's default.
 #' @param cells Cells to edit: names, a logical vector or indices (default all).
@@ -332,7 +335,12 @@ setGeneric("sccbgm_edit", function(object, model, set, ..., residual = NULL, cel
   options <- .py_options(...)
   options$residual <- if (is.null(residual)) NULL else isTRUE(residual)
   layer <- .default_layer(object, layer, model$input_kind, assay)
-  spec <- .engine_spec(object, assay, layer, unique(c(model$concepts, model$groupby)))
+  share <- if (is.character(options$share_response)) options$share_response else NULL
+  if (!is.null(share)) {
+    .check_string(share, "share_response", null_ok = FALSE)
+    .check_columns(object, share, arg = "share_response", what = "share_response")
+  }
+  spec <- .engine_spec(object, assay, layer, unique(c(model$concepts, model$groupby, share)))
   res <- .r(.py_call(.bridge()$edit(model$py, spec, set_entries,
                                     cells = if (is.null(cells)) NULL else .np_chr(cells),
                                     options = options, out = out)))

@@ -129,6 +129,7 @@ CANDIDATES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "FM on genes (edit), count mean": (
         {"model": "sccbgm-fm", "representation": "genes"}, {"mode": "edit", "count_edit": "mean"}),
     "default, no group calibration": ({}, {"group_calibration": False}),
+    "default, own response per cell": ({}, {"share_response": False}),
 }
 GROUPBY = "cell_type"
 """The obs column every scCBGM of the protocol is fitted with as ``groupby`` (the cell

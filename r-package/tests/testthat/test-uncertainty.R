@@ -97,6 +97,21 @@ test_that("a model fitted with groupby calibrates the edit per group, from R as 
   spec <- sccbgm:::.engine_spec(sce, NULL, "counts", c("stim", "flag"))
   py <- sccbgm:::.r(bridge()$edit(model$py, spec, sccbgm:::.set_spec(list(stim = "STIM"), ncol(sce))))
   expect_equal(unname(x), unname(sccbgm:::.matrix_from_spec(py$X)), tolerance = 1e-6)
+  # the cells of a flag group edited alike share one rate ratio (the default with groupby); off
+  # from R as from Python, and by any metadata column
+  expect_identical(record$shared_response_column, "flag")
+  expect_true(record$shared_response_n_cells > 0L && record$shared_response_n_groups > 0L)
+  own <- sccbgm_edit(sce, model, set = list(stim = "STIM"), share_response = FALSE)
+  expect_null(S4Vectors::metadata(own)$sccbgm$shared_response_n_cells)
+  py_own <- sccbgm:::.r(bridge()$edit(model$py, spec, sccbgm:::.set_spec(list(stim = "STIM"), ncol(sce)),
+                                      options = list(share_response = FALSE)))
+  expect_equal(unname(SummarizedExperiment::assay(own, "sccbgm")), unname(sccbgm:::.matrix_from_spec(py_own$X)),
+               tolerance = 1e-6)
+  expect_gt(max(abs(SummarizedExperiment::assay(own, "sccbgm")[, ctrl] - x[, ctrl])), 1e-3)
+  by_stim <- sccbgm_edit(sce, model, set = list(stim = "STIM"), share_response = "stim")
+  expect_identical(S4Vectors::metadata(by_stim)$sccbgm$shared_response_column, "stim")
+  expect_error(sccbgm_edit(sce, model, set = list(stim = "STIM"), share_response = "nope"),
+               "share_response column\\(s\\) 'nope' not found")
   # and the calibration survives a save / load round trip
   path <- tempfile(fileext = ".sccbgm")
   sccbgm_save(model, path)
