@@ -675,9 +675,13 @@ def shared_log_ratios(
             members = rng.choice(members, SHARE_MAX_CELLS, replace=False)
         picked.append(members)
     sub = np.sort(np.concatenate(picked))
+    from tqdm.auto import tqdm
+
     tr = model.transform
     sums = np.zeros((n_keys, len(predictors), len(model.genes)))
+    bar = tqdm(total=sub.size, desc="edit: shared responses", unit="cells", disable=None, leave=False)
     for pos, raw in read_chunks(model, adata, rows[sub], layer):
+        bar.update(pos.stop - pos.start)
         cells = sub[pos]
         x_raw = np.asarray(raw.toarray() if sp.issparse(raw) else raw, dtype=np.float64)
         feats = tr.features(tr.lognorm(x_raw))
@@ -686,6 +690,7 @@ def shared_log_ratios(
         for m, predict in enumerate(predictors):
             pred = predict(feats, *(a[cells] for a in args), True)
             sums[:, m] += onehot @ rate_log_ratio(tr.to_genes(pred.factual), tr.to_genes(pred.edited))
+    bar.close()
     return sums / np.bincount(keys[sub], minlength=n_keys)[:, None, None]
 
 

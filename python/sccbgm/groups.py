@@ -412,11 +412,12 @@ def _profiles(moments: Moments) -> np.ndarray:
 
 def _model_edit(model: Any, adata: Any, layer: str | None, cells: np.ndarray,
                 set_: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised counts of ``cells`` before and after the model's own expected count edit (n, G)."""
+    """Normalised counts of ``cells`` before and after the model's own expected count edit (n, G),
+    each cell with its own rate ratio (not the shared response, whatever the model holds)."""
     from sccbgm.editing import edit_cells, read_chunks
 
     edited = edit_cells(model, adata, set_, cells=cells, layer=layer, count_edit="mean",
-                        group_calibration=False, uncertainty=False)
+                        group_calibration=False, uncertainty=False, share_response=False)
     before = np.concatenate([_normalised(model, r) for _, r in read_chunks(model, adata, cells, layer)])
     return before, np.expm1(np.asarray(edited.X, dtype=np.float64))
 
