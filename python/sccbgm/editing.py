@@ -666,17 +666,14 @@ def shared_log_ratios(
     one model pass over at most :data:`SHARE_MAX_CELLS` cells per key. ``rows``: the edited
     cells' rows of ``adata``; ``args``: their (observed, mask, target, assigned); ``keys``: their
     :func:`share_keys`."""
-    n_keys = int(keys.max()) + 1
-    rng = np.random.default_rng(0)
-    picked = []
-    for k in range(n_keys):
-        members = np.flatnonzero(keys == k)
-        if members.size > SHARE_MAX_CELLS:
-            members = rng.choice(members, SHARE_MAX_CELLS, replace=False)
-        picked.append(members)
-    sub = np.sort(np.concatenate(picked))
     from tqdm.auto import tqdm
 
+    n_keys = int(keys.max()) + 1
+    rng = np.random.default_rng(0)
+    valid = np.flatnonzero(keys >= 0)
+    by_key = np.split(valid[np.argsort(keys[valid], kind="stable")], np.cumsum(np.bincount(keys[valid]))[:-1])
+    picked = [m if m.size <= SHARE_MAX_CELLS else rng.choice(m, SHARE_MAX_CELLS, replace=False) for m in by_key]
+    sub = np.sort(np.concatenate(picked))
     tr = model.transform
     sums = np.zeros((n_keys, len(predictors), len(model.genes)))
     bar = tqdm(total=sub.size, desc="edit: shared responses", unit="cells", disable=None, leave=False)
