@@ -109,6 +109,12 @@ def rate_log_ratio(factual: np.ndarray, edited: np.ndarray) -> np.ndarray:
     return np.log((mu_e + RATE_EPS) / (mu_f + RATE_EPS))
 
 
+def apply_log_ratio(factual: np.ndarray, log_ratio: np.ndarray) -> np.ndarray:
+    """The edited log-normalised mean (n, G) whose :func:`rate_log_ratio` to ``factual`` is
+    ``log_ratio`` (its inverse)."""
+    return np.log1p(np.exp(log_ratio) * (np.expm1(np.clip(factual, 0.0, None)) + RATE_EPS) - RATE_EPS)
+
+
 def count_space_edit(
     counts: np.ndarray, factual: np.ndarray, edited: np.ndarray, target_sum: float,
     rng: np.random.Generator | None, expectation: bool = False,
@@ -730,8 +736,7 @@ def _edit_chunk_members(
             if group_shift is not None:
                 member_log_ratio += group_shift
             if shared is not None or group_shift is not None:
-                x_new = np.log1p(np.exp(member_log_ratio) * (np.expm1(np.clip(fact, 0.0, None)) + RATE_EPS)
-                                 - RATE_EPS)
+                x_new = apply_log_ratio(fact, member_log_ratio)
             log_ratio += member_log_ratio / n_members
             log_ratio_sq += member_log_ratio**2 / n_members
             fact_first = fact if fact_first is None else fact_first
@@ -752,7 +757,7 @@ def _edit_chunk_members(
         assert fact_first is not None and log_ratio is not None
         mu_f = np.expm1(np.clip(fact_first, 0.0, None))
         rate = posterior_rate(x_raw, mu_f, tr.target_sum)
-        edited_mean = np.log1p(np.exp(log_ratio) * (mu_f + RATE_EPS) - RATE_EPS)
+        edited_mean = apply_log_ratio(fact_first, log_ratio)
         new_counts = edited_counts(x_raw, fact_first, edited_mean, tr.target_sum, count_rng,
                                    expectation=count_edit == "mean", rate=rate)
         mean = lognormalise(new_counts, tr.target_sum)
