@@ -11,6 +11,7 @@ import json
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 
 import sccbgm
@@ -143,6 +144,17 @@ def test_validate_on_counts_scores_the_default_count_space_edit(toy):
     table = sccbgm.validate(toy, ["stim", "cell_type"], {"stim": 1}, "cell_type", groups=["type0"], epochs=3,
                             groupby="cell_type", progress=False)
     assert set(table["editor"]) == {"scCBGM", "no edit", "mean shift (other types)"}
+
+
+def test_validate_on_a_backed_file_equals_in_memory(toy, tmp_path):
+    """A backed (on-disk) h5ad is read once, whole, and gives the in-memory report."""
+    path = tmp_path / "toy.h5ad"
+    toy.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    kwargs = dict(groups=["type0"], epochs=3, groupby="cell_type", progress=False)
+    tables = [sccbgm.validate(a, ["stim", "cell_type"], {"stim": 1}, "cell_type", **kwargs) for a in (toy, backed)]
+    backed.file.close()
+    pd.testing.assert_frame_equal(*(t.drop(columns="fit_seconds") for t in tables), check_exact=True)
 
 
 def test_validate_input_errors(toy):

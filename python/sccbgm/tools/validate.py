@@ -33,7 +33,13 @@ import numpy as np
 import pandas as pd
 
 from sccbgm.errors import SCCBGMError
-from sccbgm.tools._common import check_columns, lognormalised, save_figure, say
+from sccbgm.tools._common import (
+    check_columns,
+    lognormalise_input,
+    read_expression,
+    save_figure,
+    say,
+)
 
 MODEL_EDITOR = "scCBGM"
 COLUMNS = (
@@ -166,7 +172,8 @@ def validate(
             f"to validate ({skipped})."
         )
 
-    x, kind = lognormalised(adata, layer)
+    raw, kind = read_expression(adata, layer)  # read once: a backed matrix is read whole, here only
+    x = lognormalise_input(raw, kind)
     columns = [*concepts, group, *([fit_options["groupby"]] if isinstance(fit_options.get("groupby"), str) else [])]
     check_columns(adata, columns, "groupby")
     work = ad.AnnData(X=x.astype(np.float32), obs=adata.obs[list(dict.fromkeys(columns))].copy(),
@@ -175,11 +182,11 @@ def validate(
     if kind == "counts":  # fit on the counts, as sccbgm.fit does, so the report scores the default edit
         import scipy.sparse as sp
 
-        from sccbgm.access import dense_rows, get_matrix
+        from sccbgm.access import get_matrix
 
-        matrix = get_matrix(adata, layer)  # in memory: a backed matrix is read whole, as X above
-        work.layers["counts"] = sp.csr_matrix(matrix) if sp.issparse(matrix) else dense_rows(matrix)
+        work.layers["counts"] = sp.csr_matrix(raw) if sp.issparse(get_matrix(adata, layer)) else raw
         counts_layer = "counts"
+    del raw
     spec = {"concepts": [{"name": c} for c in concepts]}
     frames = []
     for i, g in enumerate(eligible, 1):
