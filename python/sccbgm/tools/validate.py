@@ -173,10 +173,9 @@ def validate(
         )
 
     raw, kind = read_expression(adata, layer)  # read once: a backed matrix is read whole, here only
-    x = lognormalise_input(raw, kind)
     columns = [*concepts, group, *([fit_options["groupby"]] if isinstance(fit_options.get("groupby"), str) else [])]
     check_columns(adata, columns, "groupby")
-    work = ad.AnnData(X=x.astype(np.float32), obs=adata.obs[list(dict.fromkeys(columns))].copy(),
+    work = ad.AnnData(X=lognormalise_input(raw, kind).astype(np.float32), obs=adata.obs[list(dict.fromkeys(columns))].copy(),
                       var=pd.DataFrame(index=adata.var_names.astype(str)))
     counts_layer = None
     if kind == "counts":  # fit on the counts, as sccbgm.fit does, so the report scores the default edit
