@@ -26,30 +26,32 @@ m at the model's ``target_sum``, eps = :data:`sccbgm.editing.RATE_EPS`):
 A group seen in only one state (a held-out type) has no response of its own, but what the model
 misses in the measured groups may be common to them: d_gj = mu_j + eta_gj, with eta_gj (spread
 tau_eta^2 across groups) the group's own part. From the G' >= :data:`MIN_POOLED_GROUPS` eligible
-groups, per gene the mean miss dbar_j has sampling variance s_j^2 = (tau_eta^2 + mean_g v_gj) / G',
-tau_eta^2 = max(0, mean_j sum_g (d_gj - dbar_j)^2 / (G' - 1) - mean(v)); the spread of the common
-miss over genes is sigma_mu^2 = max(0, mean(dbar^2) - mean(s^2)). Such a group's edit adds
-w_j dbar_j, w_j = sigma_mu^2 / (sigma_mu^2 + s_j^2) (the "pooled" correction; stored sd
-sqrt(w_j s_j^2 + tau_eta^2), its own deviation being unknown). Where the groups' misses are
-their own and unrelated (the simulator's cell-type-specific variant) sigma_mu^2 is about 0 and
-the edit stays the model's; where the model misses a response common to the groups (on Kang it
-reproduces about 60% of the mean interferon response) the held-out group gets about half of the
-common miss. The mean over measured groups is weighted by how alike the groups are: weights
-k_h = exp(-D_gh^2 / (2 b^2)), D_gh the distance between the mean model inputs (PCs of the
-log-normalised expression) of group g's and group h's state-a training cells; dbar_j becomes
-sum_h k_h d_hj / sum_h k_h and s_j^2 = (tau_eta^2 + mean_g v_gj) sum_h k_h^2 / (sum_h k_h)^2,
-sigma_mu^2 and w_j as above with them. The bandwidth b is chosen per concept edit by predicting
-each measured group's miss from the others' (leave one group out) over b in
-:data:`POOLED_BANDWIDTHS` x the median distance between measured groups, and b = infinity (the
-unweighted mean), which is kept unless another predicts strictly better; a group without state-a
-training cells gets the unweighted mean. ``sigma_mu^2`` reported per concept edit
-(``pooled_mu2``) is the unweighted one. A concept whose groups all respond as the model predicts (tau^2 = 0,
-sigma_mu^2 = 0) leaves the edit unchanged. Concept columns with more than :data:`MAX_STATES`
-values, continuous concepts and the ``groupby`` column itself are not calibrated, and a group not
-in the training data keeps the model's edit. Chosen against a per-gene tau^2 and full or half
+groups, tau_eta^2 = max(0, mean_j sum_g (d_gj - dbar_j)^2 / (G' - 1) - mean(v)) (dbar_j here the
+plain mean), and per gene the weighted mean miss dbar_j = sum_g k_g d_gj, k_g proportional to the
+group's precision 1 / (tau_eta^2 + vbar_g) (vbar_g its mean v over genes: a group measured on few
+cells counts less; random-effects weights), has sampling variance s_j^2 = sum_g k_g^2 (tau_eta^2 +
+v_gj) (k summing to 1); the spread of the common miss over genes is sigma_mu^2 = max(0,
+mean(dbar^2) - mean(s^2)). Such a group's edit adds w_j dbar_j, w_j = sigma_mu^2 / (sigma_mu^2 +
+s_j^2) (the "pooled" correction; stored sd sqrt(w_j s_j^2 + tau_eta^2), its own deviation being
+unknown). Where the groups' misses are their own and unrelated (the simulator's
+cell-type-specific variant) sigma_mu^2 is about 0 and the edit stays the model's; where the model
+misses a response common to the groups (on Kang it reproduces about 60% of the mean interferon
+response) the held-out group gets about half of the common miss. The mean over measured groups
+is also weighted by how alike the groups are: the precision of group h times exp(-D_gh^2 /
+(2 b^2)), D_gh the distance between the mean model inputs (PCs of the log-normalised expression)
+of group g's and group h's state-a training cells; dbar_j, s_j^2, sigma_mu^2 and w_j as above
+with these weights. The bandwidth b is chosen per concept edit by predicting each measured
+group's miss from the others' (leave one group out, similarity weights only) over b in
+:data:`POOLED_BANDWIDTHS` x the median distance between measured groups, and b = infinity (no
+similarity weights), which is kept unless another predicts strictly better; a group without
+state-a training cells gets no similarity weights. ``sigma_mu^2`` reported per concept edit
+(``pooled_mu2``) is the one without similarity weights. A concept whose groups all respond as the
+model predicts (tau^2 = 0, sigma_mu^2 = 0) leaves the edit unchanged. Concept columns with more
+than :data:`MAX_STATES` values, continuous concepts and the ``groupby`` column itself are not
+calibrated, and a group not in the training data keeps the model's edit. Chosen against a per-gene tau^2 and full or half
 corrections on the choose half of ``sccbgm bench validate`` and confirmed on the other half; the
-pooled correction likewise, against its full and half forms, and its similarity weights against
-the unweighted mean (docs/validation.md).
+pooled correction likewise, against its full and half forms, its similarity weights against
+the unweighted mean, and its precision weights against equal ones (docs/validation.md).
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ MIN_POOLED_GROUPS = 2
 """Eligible groups needed to estimate the pooled correction of the others (their spread needs two)."""
 POOLED_BANDWIDTHS = (0.25, 0.5, 1.0, 2.0)
 """Similarity-weight bandwidths tried for the pooled correction, in units of the median distance
-between the measured groups (besides infinity, the unweighted mean)."""
+between the measured groups (besides infinity: no similarity weights)."""
 NONE, OWN, POOLED = 0, 1, 2
 """``GroupResponses.source`` codes: no correction, the group's own response, the pooled one."""
 
@@ -84,11 +86,12 @@ class GroupResponses:
     ``pairs``: ``"column|a|b"`` keys (an edit of ``column`` from value a to value b, values as
     strings: "0"/"1" for a binary concept, the category otherwise); ``shift`` / ``sd``: float32
     (n_pairs, n_groups, n_genes), w d and sqrt(w v) in log rate (for a pooled correction w dbar and
-    its sd, module docstring); zero where a group has no correction; ``n_cells``: (n_pairs, n_groups, 2) cells in state a and b; ``tau2``: per pair;
-    ``source``: int8 (n_pairs, n_groups), :data:`OWN` (the group's own response), :data:`POOLED`
-    (the common miss of the others) or :data:`NONE`; ``pooled_tau2`` / ``pooled_mu2``: per pair,
-    tau_eta^2 and (unweighted) sigma_mu^2 of the pooled correction; ``pooled_bandwidth``: per
-    pair, the similarity weights' bandwidth b (None: unweighted). Edits of several columns at
+    its sd, module docstring); zero where a group has no correction; ``n_cells``: (n_pairs,
+    n_groups, 2) cells in state a and b; ``tau2``: per pair; ``source``: int8 (n_pairs, n_groups),
+    :data:`OWN` (the group's own response), :data:`POOLED` (the common miss of the others) or
+    :data:`NONE`; ``pooled_tau2`` / ``pooled_mu2``: per pair, tau_eta^2 and sigma_mu^2 (without
+    similarity weights) of the pooled correction; ``pooled_bandwidth``: per pair, the similarity
+    weights' bandwidth b (None: no similarity weights). Edits of several columns at
     once add their corrections.
     """
 
@@ -298,7 +301,8 @@ def pooled_correction(d: np.ndarray, v: np.ndarray, weights: np.ndarray | None =
     """The common miss of the measured groups, shrunk, for a group without its own response.
 
     ``d`` / ``v``: (G', n_genes) misses d_gj and their sampling variances v_gj of the eligible
-    groups; ``weights``: (G',) similarity weights of the measured groups (None: equal). Returns
+    groups; ``weights``: (G',) similarity weights of the measured groups (None: equal), times
+    each group's precision 1 / (tau_eta^2 + vbar_g) (vbar_g its mean v over genes). Returns
     the correction w_j dbar_j and its sd sqrt(w_j s_j^2 + tau_eta^2) (n_genes,), tau_eta^2 and
     sigma_mu^2 (module docstring); all zero below :data:`MIN_POOLED_GROUPS` groups or where
     sigma_mu^2 = 0.
@@ -308,9 +312,12 @@ def pooled_correction(d: np.ndarray, v: np.ndarray, weights: np.ndarray | None =
     if n < MIN_POOLED_GROUPS:
         return zero, zero, 0.0, 0.0
     eta2 = max(0.0, float(((d - d.mean(axis=0)) ** 2).sum(axis=0).mean() / (n - 1) - v.mean()))
-    k = np.full(n, 1.0 / n) if weights is None else np.asarray(weights, dtype=np.float64) / np.sum(weights)
+    spread = eta2 + v.mean(axis=1)  # (G',) a group's miss variance about mu_j, over genes
+    k = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    k = k / spread if (spread > 0).all() else k
+    k = k / k.sum()
     dbar = k @ d
-    s2 = (eta2 + v.mean(axis=0)) * float(k @ k)
+    s2 = k**2 @ (eta2 + v)
     mu2 = max(0.0, float((dbar**2).mean() - s2.mean()))
     if mu2 == 0.0:
         return zero, zero, eta2, 0.0
@@ -328,7 +335,7 @@ def similarity_weights(profiles: np.ndarray, target: np.ndarray, bandwidth: floa
 def pooled_bandwidth(profiles: np.ndarray, d: np.ndarray) -> float | None:
     """The similarity weights' bandwidth that best predicts each measured group's miss from the
     others' (leave one group out, mean squared error over genes), over :data:`POOLED_BANDWIDTHS`
-    x the median distance between the groups; None (the unweighted mean) unless one predicts
+    x the median distance between the groups; None (no similarity weights) unless one predicts
     strictly better. ``profiles``: (G', F) mean model inputs; ``d``: (G', n_genes) misses."""
     n = d.shape[0]
     if n < 3:  # with two groups every bandwidth predicts one group by the other alike

@@ -101,9 +101,11 @@ def test_pooled_correction_by_hand_and_where_there_is_nothing_common():
     common = rng.normal(0, 0.2, n_genes)
     d = common + own + noise
     shift, sd, eta2, mu2 = pooled_correction(d, v)
-    dbar = d.mean(0)
-    eta2_hand = ((d - dbar) ** 2).sum(0).mean() / (n_groups - 1) - v.mean()
-    s2 = (eta2_hand + v.mean(0)) / n_groups
+    eta2_hand = ((d - d.mean(0)) ** 2).sum(0).mean() / (n_groups - 1) - v.mean()
+    k = 1 / (eta2_hand + v.mean(1))  # each group's precision
+    k /= k.sum()
+    dbar = k @ d
+    s2 = (k[:, None] ** 2 * (eta2_hand + v)).sum(0)
     mu2_hand = (dbar**2).mean() - s2.mean()
     w = mu2_hand / (mu2_hand + s2)
     assert eta2 == pytest.approx(eta2_hand) and mu2 == pytest.approx(mu2_hand)
@@ -113,6 +115,29 @@ def test_pooled_correction_by_hand_and_where_there_is_nothing_common():
     assert np.corrcoef(shift, common)[0, 1] > 0.95
     # one measured group cannot tell its own deviation from a common one
     assert not pooled_correction(d[:1], v[:1])[0].any()
+
+
+def test_pooled_correction_weighs_a_group_measured_on_few_cells_less():
+    """Random-effects weights: two of five groups measured on few cells (sampling variance 0.2
+    against 0.005) count less, and the common miss is recovered better than by the same
+    empirical Bayes over equal weights; with equal variances the weights are equal."""
+    from sccbgm.groups import pooled_correction
+
+    rng = np.random.default_rng(2)
+    n_genes = 3000
+    v = np.full((5, n_genes), 0.005)
+    v[:2] = 0.2
+    common = rng.normal(0, 0.2, n_genes)
+    d = common + rng.normal(0, 0.05, (5, n_genes)) + rng.normal(0, np.sqrt(v))
+    shift, _, eta2, _ = pooled_correction(d, v)
+    k = 1 / (eta2 + v.mean(1))
+    assert k[0] / k[-1] < 0.1  # measured: 0.035 (eta2 0.0021)
+    dbar, s2 = d.mean(0), (eta2 + v.mean(0)) / 5  # equal weights, by hand
+    mu2 = (dbar**2).mean() - s2.mean()
+    equal = mu2 / (mu2 + s2) * dbar
+    assert np.mean((shift - common) ** 2) < 0.5 * np.mean((equal - common) ** 2)  # measured 0.0023 vs 0.012
+    same = np.full_like(v, 0.01)
+    np.testing.assert_allclose(pooled_correction(d, same)[0], pooled_correction(d, same, np.full(5, 3.0))[0])
 
 
 def test_similarity_weights_follow_groups_that_miss_alike():
@@ -133,11 +158,12 @@ def test_similarity_weights_follow_groups_that_miss_alike():
     shift, sd, eta2, mu2 = pooled_correction(d, v, weights)
     uniform = pooled_correction(d, v)[0]
     assert np.mean((shift - miss_a) ** 2) < 0.2 * np.mean((uniform - miss_a) ** 2)
-    # by hand: the weighted mean and its variance sum k^2 / (sum k)^2
-    k = weights / weights.sum()
-    dbar = k @ d
+    # by hand: similarity times precision (equal here: v is), the mean and its variance
     eta2_hand = ((d - d.mean(0)) ** 2).sum(0).mean() / 5 - v.mean()
-    s2 = (eta2_hand + v.mean(0)) * (k @ k)
+    k = weights / (eta2_hand + v.mean(1))
+    k /= k.sum()
+    dbar = k @ d
+    s2 = (k[:, None] ** 2 * (eta2_hand + v)).sum(0)
     mu2_hand = (dbar**2).mean() - s2.mean()
     assert eta2 == pytest.approx(eta2_hand) and mu2 == pytest.approx(mu2_hand)
     np.testing.assert_allclose(shift, mu2_hand / (mu2_hand + s2) * dbar)
@@ -190,13 +216,15 @@ def test_stored_correction_is_the_empirical_bayes_shrinkage_by_hand(data, model)
         gi = resp.groups.index(g)
         np.testing.assert_allclose(resp.shift[p, gi], w * d[g], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose(resp.sd[p, gi], np.sqrt(w * v[g]), rtol=1e-3, atol=1e-4)
-    # type2, seen only as control: the common miss of type0 and type1, shrunk (module docstring;
-    # two measured groups: unweighted)
+    # type2, seen only as control: the common miss of type0 and type1, weighted by their
+    # precision and shrunk (module docstring; two measured groups: no similarity weights)
     assert resp.pooled_bandwidth[p] is None
     dd, vv = np.stack([d["type0"], d["type1"]]), np.stack([v["type0"], v["type1"]])
-    dbar = dd.mean(0)
-    eta2 = max(0.0, ((dd - dbar) ** 2).sum(0).mean() - vv.mean())
-    s2 = (eta2 + vv.mean(0)) / 2
+    eta2 = max(0.0, ((dd - dd.mean(0)) ** 2).sum(0).mean() - vv.mean())
+    k = 1 / (eta2 + vv.mean(1))
+    k /= k.sum()
+    dbar = k @ dd
+    s2 = (k[:, None] ** 2 * (eta2 + vv)).sum(0)
     mu2 = (dbar**2).mean() - s2.mean()
     assert mu2 > 0 and resp.pooled_mu2[p] == pytest.approx(mu2, rel=1e-2)
     w = mu2 / (mu2 + s2)
@@ -234,12 +262,14 @@ def test_similarity_weighted_correction_of_a_fitted_model_by_hand(tmp_path):
     assert resp.pooled_bandwidth[p] == pytest.approx(bandwidth, rel=1e-3)
     sccbgm.save(model, tmp_path / "m.sccbgm")
     assert sccbgm.load(tmp_path / "m.sccbgm").group_responses.pooled_bandwidth == resp.pooled_bandwidth
-    k = similarity_weights(profiles, profile["type0_0"], bandwidth)
-    k = k / k.sum()
-    assert k[measured.index("type0_1")] == k.max()  # the other half of its own type weighs most
-    dbar = k @ dd
+    similarity = similarity_weights(profiles, profile["type0_0"], bandwidth)
+    assert similarity[measured.index("type0_1")] == similarity.max()  # the other half of its own type
     eta2 = max(0.0, ((dd - dd.mean(0)) ** 2).sum(0).mean() / 4 - vv.mean())
-    s2 = (eta2 + vv.mean(0)) * (k @ k)
+    k = similarity / (eta2 + vv.mean(1))  # times each group's precision
+    k = k / k.sum()
+    assert k[measured.index("type0_1")] == k.max()  # weighs most
+    dbar = k @ dd
+    s2 = (k[:, None] ** 2 * (eta2 + vv)).sum(0)
     mu2 = (dbar**2).mean() - s2.mean()
     np.testing.assert_allclose(resp.shift[p, resp.groups.index("type0_0")], mu2 / (mu2 + s2) * dbar,
                                rtol=1e-2, atol=1e-3)
