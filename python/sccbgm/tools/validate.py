@@ -183,7 +183,8 @@ def validate(
 
         from sccbgm.access import get_matrix
 
-        work.layers["counts"] = sp.csr_matrix(raw) if sp.issparse(get_matrix(adata, layer)) else raw
+        matrix = get_matrix(adata, layer)  # in memory: sparse counts keep their storage and dtype
+        work.layers["counts"] = sp.csr_matrix(matrix) if sp.issparse(matrix) else raw
         counts_layer = "counts"
     del raw
     spec = {"concepts": [{"name": c} for c in concepts]}
