@@ -84,6 +84,17 @@ def test_pooled_correction_recovers_a_response_the_model_misses_in_every_group()
     assert _mse(calibrated, test, cells) < 0.8 * _mse(plain, test, cells)  # measured 0.097 vs 0.145
 
 
+def _pooled_by_hand(d: np.ndarray, v: np.ndarray, similarity: np.ndarray | None = None) -> tuple:
+    """The pooled correction's pieces by the module docstring's formulas: tau_eta^2, the weights k
+    (similarity times precision, summing to 1), dbar, s^2 and sigma_mu^2 (not clipped at 0)."""
+    eta2 = max(0.0, ((d - d.mean(0)) ** 2).sum(0).mean() / (len(d) - 1) - v.mean())
+    k = (np.ones(len(d)) if similarity is None else similarity) / (eta2 + v.mean(1))
+    k = k / k.sum()
+    dbar = k @ d
+    s2 = (k[:, None] ** 2 * (eta2 + v)).sum(0)
+    return eta2, k, dbar, s2, (dbar**2).mean() - s2.mean()
+
+
 def test_pooled_correction_by_hand_and_where_there_is_nothing_common():
     from sccbgm.groups import pooled_correction
 
@@ -101,12 +112,7 @@ def test_pooled_correction_by_hand_and_where_there_is_nothing_common():
     common = rng.normal(0, 0.2, n_genes)
     d = common + own + noise
     shift, sd, eta2, mu2 = pooled_correction(d, v)
-    eta2_hand = ((d - d.mean(0)) ** 2).sum(0).mean() / (n_groups - 1) - v.mean()
-    k = 1 / (eta2_hand + v.mean(1))  # each group's precision
-    k /= k.sum()
-    dbar = k @ d
-    s2 = (k[:, None] ** 2 * (eta2_hand + v)).sum(0)
-    mu2_hand = (dbar**2).mean() - s2.mean()
+    eta2_hand, _, dbar, s2, mu2_hand = _pooled_by_hand(d, v)
     w = mu2_hand / (mu2_hand + s2)
     assert eta2 == pytest.approx(eta2_hand) and mu2 == pytest.approx(mu2_hand)
     assert mu2 == pytest.approx(0.04, rel=0.1)
@@ -159,12 +165,7 @@ def test_similarity_weights_follow_groups_that_miss_alike():
     uniform = pooled_correction(d, v)[0]
     assert np.mean((shift - miss_a) ** 2) < 0.2 * np.mean((uniform - miss_a) ** 2)
     # by hand: similarity times precision (equal here: v is), the mean and its variance
-    eta2_hand = ((d - d.mean(0)) ** 2).sum(0).mean() / 5 - v.mean()
-    k = weights / (eta2_hand + v.mean(1))
-    k /= k.sum()
-    dbar = k @ d
-    s2 = (k[:, None] ** 2 * (eta2_hand + v)).sum(0)
-    mu2_hand = (dbar**2).mean() - s2.mean()
+    eta2_hand, _, dbar, s2, mu2_hand = _pooled_by_hand(d, v, weights)
     assert eta2 == pytest.approx(eta2_hand) and mu2 == pytest.approx(mu2_hand)
     np.testing.assert_allclose(shift, mu2_hand / (mu2_hand + s2) * dbar)
     np.testing.assert_allclose(sd, np.sqrt(mu2_hand / (mu2_hand + s2) * s2 + eta2_hand))
@@ -220,12 +221,7 @@ def test_stored_correction_is_the_empirical_bayes_shrinkage_by_hand(data, model)
     # precision and shrunk (module docstring; two measured groups: no similarity weights)
     assert resp.pooled_bandwidth[p] is None
     dd, vv = np.stack([d["type0"], d["type1"]]), np.stack([v["type0"], v["type1"]])
-    eta2 = max(0.0, ((dd - dd.mean(0)) ** 2).sum(0).mean() - vv.mean())
-    k = 1 / (eta2 + vv.mean(1))
-    k /= k.sum()
-    dbar = k @ dd
-    s2 = (k[:, None] ** 2 * (eta2 + vv)).sum(0)
-    mu2 = (dbar**2).mean() - s2.mean()
+    _, _, dbar, s2, mu2 = _pooled_by_hand(dd, vv)
     assert mu2 > 0 and resp.pooled_mu2[p] == pytest.approx(mu2, rel=1e-2)
     w = mu2 / (mu2 + s2)
     np.testing.assert_allclose(resp.shift[p, resp.groups.index("type2")], w * dbar, rtol=1e-2, atol=1e-4)
@@ -264,13 +260,8 @@ def test_similarity_weighted_correction_of_a_fitted_model_by_hand(tmp_path):
     assert sccbgm.load(tmp_path / "m.sccbgm").group_responses.pooled_bandwidth == resp.pooled_bandwidth
     similarity = similarity_weights(profiles, profile["type0_0"], bandwidth)
     assert similarity[measured.index("type0_1")] == similarity.max()  # the other half of its own type
-    eta2 = max(0.0, ((dd - dd.mean(0)) ** 2).sum(0).mean() / 4 - vv.mean())
-    k = similarity / (eta2 + vv.mean(1))  # times each group's precision
-    k = k / k.sum()
+    _, k, dbar, s2, mu2 = _pooled_by_hand(dd, vv, similarity)  # times each group's precision
     assert k[measured.index("type0_1")] == k.max()  # weighs most
-    dbar = k @ dd
-    s2 = (k[:, None] ** 2 * (eta2 + vv)).sum(0)
-    mu2 = (dbar**2).mean() - s2.mean()
     np.testing.assert_allclose(resp.shift[p, resp.groups.index("type0_0")], mu2 / (mu2 + s2) * dbar,
                                rtol=1e-2, atol=1e-3)
     # and it brings type0_0's held-out control cells closer to their exact counterfactual than
