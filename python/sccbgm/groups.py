@@ -48,10 +48,11 @@ state-a training cells gets no similarity weights. ``sigma_mu^2`` reported per c
 (``pooled_mu2``) is the one without similarity weights. A concept whose groups all respond as the
 model predicts (tau^2 = 0, sigma_mu^2 = 0) leaves the edit unchanged. Concept columns with more
 than :data:`MAX_STATES` values, continuous concepts and the ``groupby`` column itself are not
-calibrated, and a group not in the training data keeps the model's edit. Chosen against a per-gene tau^2 and full or half
-corrections on the choose half of ``sccbgm bench validate`` and confirmed on the other half; the
-pooled correction likewise, against its full and half forms, its similarity weights against
-the unweighted mean, and its precision weights against equal ones (docs/validation.md).
+calibrated, and a group not in the training data keeps the model's edit. Chosen against a
+per-gene tau^2 and full or half corrections on the choose half of ``sccbgm bench validate`` and
+confirmed on the other half; the pooled correction likewise, against its full and half forms,
+its similarity weights against the unweighted mean, and its precision weights against equal
+ones (docs/validation.md).
 """
 
 from __future__ import annotations
