@@ -67,7 +67,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from sccbgm.access import lognormalise, select_cells
+from sccbgm.access import dense_rows, lognormalise, select_cells
 from sccbgm.data import (
     CHUNK,
     check_values,
@@ -686,7 +686,7 @@ def shared_log_ratios(
     for pos, raw in read_chunks(model, adata, rows[sub], layer):
         bar.update(pos.stop - pos.start)
         cells = sub[pos]
-        x_raw = np.asarray(raw.toarray() if sp.issparse(raw) else raw, dtype=np.float64)
+        x_raw = dense_rows(raw)
         feats = tr.features(tr.lognorm(x_raw))
         onehot = sp.csr_matrix((np.ones(cells.size), (keys[cells], np.arange(cells.size))),
                                shape=(n_keys, cells.size))
@@ -707,8 +707,7 @@ def _edit_chunk_members(
     ratio (:mod:`sccbgm.groups`). ``shared``: (these cells' share keys, :func:`shared_log_ratios`):
     a cell with a key takes its key's mean log rate ratio instead of its own, member by member."""
     n_members = len(predictors)
-    x_raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
-    x_raw = np.asarray(x_raw, dtype=np.float64)
+    x_raw = dense_rows(raw)
     x_log = tr.lognorm(x_raw)
     group_shift = None
     if groups is not None:

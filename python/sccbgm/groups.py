@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sccbgm.access import dense_rows
 from sccbgm.errors import SCCBGMError
 
 MIN_CELLS = 5
@@ -364,8 +365,7 @@ def pooled_bandwidth(profiles: np.ndarray, d: np.ndarray) -> float | None:
 
 def _lognormalised(model: Any, raw: Any) -> np.ndarray:
     """Raw counts block -> the model's log-normalised values (n, G), dense float64."""
-    x = raw.toarray() if hasattr(raw, "toarray") else np.asarray(raw)
-    return model.transform.lognorm(np.asarray(x, dtype=np.float64))
+    return model.transform.lognorm(dense_rows(raw))
 
 
 def _normalised(model: Any, raw: Any) -> np.ndarray:

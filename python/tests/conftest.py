@@ -114,6 +114,18 @@ def make_toy(n_cells: int = 1200, n_genes: int = 120, seed: int = 0, type_effect
     return adata
 
 
+def counterfactual_mse(edited: ad.AnnData, test: ad.AnnData, cells: np.ndarray | None = None) -> float:
+    """Mean squared error of an edit of the toy's ``test`` cells against their counterfactual
+    counts (``obsm["counterfactual_counts"]``), both log-normalised at the edit's target sum; over
+    ``cells`` (positions; default all)."""
+    from sccbgm.access import lognormalise
+
+    truth = lognormalise(np.asarray(test.obsm["counterfactual_counts"], dtype=np.float64),
+                         edited.uns["sccbgm_edit"]["target_sum"])
+    err = (np.asarray(edited.X, dtype=np.float64) - truth) ** 2
+    return float((err if cells is None else err[cells]).mean())
+
+
 @pytest.fixture(scope="session")
 def toy() -> ad.AnnData:
     return make_toy()

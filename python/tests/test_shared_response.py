@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_toy
+from conftest import counterfactual_mse, make_toy
 
 import sccbgm
 import sccbgm.editing as editing
@@ -31,12 +31,6 @@ def data():
 @pytest.fixture(scope="module")
 def model(data):
     return sccbgm.fit(data[0], ["stim"], seed=0, epochs=EPOCHS, groupby="cell_type", progress=False)
-
-
-def _mse(edited, test) -> float:
-    truth = lognormalise(np.asarray(test.obsm["counterfactual_counts"], dtype=np.float64),
-                         edited.uns["sccbgm_edit"]["target_sum"])
-    return float(((np.asarray(edited.X, dtype=np.float64) - truth) ** 2).mean())
 
 
 def _two_way_residual(edited, test, cells: np.ndarray) -> float:
@@ -62,7 +56,7 @@ def test_shared_response_is_the_default_and_brings_cells_closer(data, model):
     assert shared.uns["sccbgm_edit"]["shared_response"] == {"column": "cell_type", "n_groups": 3, "n_cells": test.n_obs}
     assert "shared_response" not in own.uns["sccbgm_edit"]
     # every cell of a type has the same true response here: sharing drops the model's per-cell noise
-    assert _mse(shared, test) < 0.97 * _mse(own, test)
+    assert counterfactual_mse(shared, test) < 0.97 * counterfactual_mse(own, test)
     for t in ("type0", "type1", "type2"):
         cells = (test.obs["cell_type"] == t).to_numpy()
         # one log rate ratio per gene within the type (float32 output), not one per cell
