@@ -120,6 +120,32 @@ def test_bench_real_rejects_unknown_tasks_and_models(kang_bench, tmp_path):
         real.run_real(*args, models=["scgen"])
     with pytest.raises(SCCBGMError, match="no such file"):
         real.run_real(tmp_path / "absent.h5ad", data / "kang2018_tasks.json", tmp_path)
+    with pytest.raises(SCCBGMError, match="no such layer"):
+        real.run_real(*args, counts_layer="umis")
+    with pytest.raises(SCCBGMError, match="pass --counts-layer too"):
+        real.run_real(*args, groupby="cell_type")
+
+
+def test_bench_real_on_the_counts_layer_scores_the_count_space_default(kang_bench, tmp_path):
+    """--counts-layer / --groupby: the scCBGM is fitted on the prepared file's raw counts with the
+    cell types (the validated default a user of counts gets) and its count-space edit is scored
+    in X's space. Measured at --quick on the CD14+ monocytes: rMMD 3.80 against 4.31 for the fit
+    on X and 5.11 for the better floor."""
+    data, out_x = kang_bench
+    from sccbgm.bench import main
+
+    out = tmp_path / "counts"
+    assert main(["real", "--data", str(data / "kang2018.h5ad"), "--tasks", str(data / "kang2018_tasks.json"),
+                 "--out", str(out), "--quick", "--models", "sccbgm", "--task", TASK, "--peers", "none",
+                 "--counts-layer", "counts", "--groupby", "cell_type"]) == 0
+    assert "raw counts of `layers['counts']`" in (out / "report.md").read_text()
+    assert "fitted with `groupby='cell_type'`" in (out / "report.md").read_text()
+    whole = pd.read_csv(out / "results.csv").query("group == @real.ALL_GROUPS").set_index("editor")
+    on_x = pd.read_csv(out_x / "results.csv").query("group == @real.ALL_GROUPS").set_index("editor")
+    assert whole.loc[real.NO_EDIT, "rmmd"] == pytest.approx(on_x.loc[real.NO_EDIT, "rmmd"])  # the same cells, space
+    assert whole.loc["scCBGM", "rmmd"] != pytest.approx(on_x.loc["scCBGM", "rmmd"])  # another edit
+    assert whole.loc["scCBGM", "rmmd"] < whole.loc[[real.NO_EDIT, real.MEAN_SHIFT], "rmmd"].min()
+    assert whole.loc["scCBGM", "pearson_delta"] > 0.8
 
 
 def test_every_bench_output_is_scored_as_labelled(toy):

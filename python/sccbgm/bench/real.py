@@ -207,10 +207,11 @@ def _fit_kwargs(key: str, fit: Mapping[str, Any], flow: Mapping[str, Any], base:
 def fit_models(
     train: Any, concepts: Sequence[str], keys: Sequence[str], *, seed: int, fit: Mapping[str, Any],
     flow: Mapping[str, Any], preset: str = "cpu", log: Callable[[str], None] = print,
-    counts_layer: str | None = None,
+    counts_layer: str | None = None, groupby: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Fit the models ``keys`` on ``train`` (log-normalised X, or the raw counts in
-    ``counts_layer``); FM models reuse the scCBGM / CVAE."""
+    ``counts_layer``); FM models reuse the scCBGM / CVAE. ``groupby``: passed to the scCBGM's fit
+    only (its group calibration, :mod:`sccbgm.groups`; needs ``counts_layer``)."""
     import sccbgm
 
     data = {"input_kind": "lognorm"} if counts_layer is None else {"input_kind": "counts", "layer": counts_layer}
@@ -222,6 +223,8 @@ def fit_models(
         base_key = {"sccbgm-fm": "sccbgm", "cvae-fm": "cvae"}.get(key)
         base = models.get(base_key) if base_key else None
         kwargs = _fit_kwargs(key, fit, flow, base)
+        if key == "sccbgm" and groupby is not None:
+            kwargs["groupby"] = groupby
         t0 = time.perf_counter()
         models[key] = sccbgm.fit(
             train, list(concepts), model=key, base=base, seed=seed, preset=preset, progress=False, **data, **kwargs,
@@ -277,6 +280,7 @@ def run_task(
     peer_epochs: int | None = None,
     log: Callable[[str], None] = print,
     counts_layer: str | None = None,
+    groupby: str | None = None,
 ) -> dict[str, Any]:
     """One task at one seed: returns ``{"table": DataFrame, "predictions", "source", "target",
     "train_pcs", "pca", "models", "peer_status"}`` (see the module docstring for the protocol
@@ -284,7 +288,8 @@ def run_task(
     ``counts_layer``: a layer of ``adata`` with the raw counts X was log-normalised from (to one
     library size for all cells); the in-package models are then fitted on those counts and edited
     with their default edit (for scCBGM: in count space, with its ensemble and any group
-    calibration), scored in X's space."""
+    calibration), scored in X's space. ``groupby``: an obs column the scCBGM is fitted with
+    (:func:`fit_models`)."""
     from sccbgm import metrics as M
     from sccbgm.access import match_obs
 
@@ -325,7 +330,7 @@ def run_task(
     if "cvae-fm" in keys and "cvae" not in keys:
         keys.insert(0, "cvae")
     fitted, seconds = fit_models(train, concepts, keys, seed=seed, fit=fit or {}, flow=flow or {},
-                                 preset=preset, log=log, counts_layer=counts_layer)
+                                 preset=preset, log=log, counts_layer=counts_layer, groupby=groupby)
     target_sum = None
     if counts_layer is not None:  # the library size X was normalised to: every cell's expm1(X) sums to it
         target_sum = float(np.median(np.expm1(x_train[: min(len(x_train), 200)]).sum(axis=1)))
@@ -473,11 +478,18 @@ def run_real(
     peers_venv: str | Path | None = None,
     install_peers: bool = True,
     log: Callable[[str], None] = print,
+    counts_layer: str | None = None,
+    groupby: str | None = None,
 ) -> Path:
     """Run the benchmark on a prepared ``data`` h5ad and its ``tasks`` JSON; returns report.md.
 
     ``peers``: among :data:`sccbgm.bench.peers.PEERS` (None: all; ``[]``: none), each in its own
-    environment under ``peers_venv``, built on first use unless ``install_peers`` is False."""
+    environment under ``peers_venv``, built on first use unless ``install_peers`` is False.
+    ``counts_layer``: fit the in-package models on the raw counts of this layer (the prepared
+    files keep them in ``"counts"``) and score their default edit -- for scCBGM the count-space
+    edit a user of raw counts gets -- in X's log-normalised space; None (default): fit on X, as the
+    README's tables. ``groupby``: an obs column the scCBGM is fitted with (the validated default
+    fits with the cell types; needs ``counts_layer``)."""
     import anndata as ad
 
     from sccbgm.bench.peers import PEERS
@@ -491,6 +503,14 @@ def run_real(
     spec = load_tasks(tasks)
     adata = ad.read_h5ad(data)
     validate_tasks(spec, adata.obs)
+    if counts_layer is not None and counts_layer not in adata.layers:
+        raise SCCBGMError(f"--counts-layer {counts_layer!r}: {data.name} has no such layer "
+                          f"(layers: {sorted(adata.layers) or 'none'}).")
+    if groupby is not None:
+        if counts_layer is None:
+            raise SCCBGMError("--groupby calibrates the scCBGM's count-space edit; pass --counts-layer too.")
+        if groupby not in adata.obs:
+            raise SCCBGMError(f"--groupby {groupby!r} is not an obs column of {data.name}.")
     models = list(models or MODEL_KEYS)
     bad = [m for m in models if m not in MODEL_KEYS]
     if bad:
@@ -518,7 +538,7 @@ def run_real(
             res = run_task(adata, spec, task, seed=seed, models=models, editors=editors, fit=fit_opts,
                            flow=flow_opts, preset=preset, n_eval_pcs=n_eval_pcs, peers=peer_names,
                            peers_venv=peers_venv, install_peers=install_peers, peer_epochs=cfg["peer_epochs"],
-                           log=log)
+                           log=log, counts_layer=counts_layer, groupby=groupby)
             frames.append(res["table"])
             for label, status in res["peer_status"].items():
                 peer_status.setdefault(label, []).append(status)
@@ -529,6 +549,11 @@ def run_real(
         f"Data: `{data.name}` ({adata.n_obs} cells x {adata.n_vars} genes), tasks `{Path(tasks).name}` "
         f"({spec['dataset']}); scale `{scale}`, preset `{preset}`, fit options {fit_opts or 'preset'}, "
         f"flow options {flow_opts or 'preset'}.",
+        "In-package models fitted on "
+        + (f"the raw counts of `layers[{counts_layer!r}]` and scored with their default edit (scCBGM: in "
+           "count space), rescaled to X's library size" if counts_layer is not None
+           else "X (log-normalised; scCBGM's default there is the additive, residual-preserving edit)")
+        + (f"; scCBGM fitted with `groupby={groupby!r}`." if groupby is not None else "."),
         "Each task: train on every cell not held out, edit the source cells, compare with the real "
         f"held-out target cells on {n_eval_pcs} PCs of the training cells. rMMD / rFID / rSD < 1: closer "
         "to the target than the closest training population. Rows are means (± s.e.m. over seeds) "
@@ -564,6 +589,9 @@ def add_parser(sub: Any) -> Any:
     p.add_argument("--concept-weight", type=float, help="lambda_c of scCBGM / CBGM")
     p.add_argument("--cross-cov-weight", type=float, help="lambda_cc of scCBGM / CBGM (orthogonality loss)")
     p.add_argument("--eval-pcs", type=int, default=50, help="principal components of the metrics (default 50)")
+    p.add_argument("--counts-layer", help="fit the in-package models on the raw counts of this layer (prepared files: "
+                   "counts) and score their default edit (scCBGM: count space); default: fit on X")
+    p.add_argument("--groupby", help="obs column the scCBGM is fitted with (e.g. cell_type; needs --counts-layer)")
     return p
 
 
@@ -581,4 +609,4 @@ def main_real(args: Any, **peer_kwargs: Any) -> Path:
     models = args.models
     return run_real(args.data, args.tasks, args.out, scale=args.scale or "default", seeds=args.seeds,
                     task_names=args.task_names, models=models, fit=fit, flow=flow, preset=args.preset,
-                    n_eval_pcs=args.eval_pcs, **peer_kwargs)
+                    n_eval_pcs=args.eval_pcs, counts_layer=args.counts_layer, groupby=args.groupby, **peer_kwargs)
