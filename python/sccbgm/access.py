@@ -94,10 +94,12 @@ def dense_chunks(matrix: Any, rows: np.ndarray | None = None, step: int | None =
         yield idx, dense_rows(matrix, idx)
 
 
-def rescale(x_log: np.ndarray, from_sum: float, to_sum: float = 1e4) -> np.ndarray:
+def rescale(x_log: np.ndarray, from_sum: float, to_sum: float | np.ndarray = 1e4) -> np.ndarray:
     """Log-normalised values (n, G) at library size ``from_sum`` -> the same cells at ``to_sum``
-    (negative values, which counts cannot give, are read as 0)."""
-    return np.log1p(np.expm1(np.clip(x_log, 0.0, None)) * (to_sum / from_sum))
+    (a number, or (n,) one per cell); negative values, which counts cannot give, are read as 0."""
+    to = np.asarray(to_sum, dtype=np.float64)
+    factor = (to[:, None] if to.ndim == 1 else to) / from_sum
+    return np.log1p(np.expm1(np.clip(x_log, 0.0, None)) * factor)
 
 
 def lognormalise(counts: Any, target_sum: float | None = None) -> Any:

@@ -236,11 +236,12 @@ def fit_models(
 
 def edit_all(
     models: Mapping[str, Any], source: Any, set_: Mapping[str, Any], editors: Sequence[str], seed: int,
-    counts_layer: str | None = None, target_sum: float | None = None,
+    counts_layer: str | None = None, target_sum: float | np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Edited log-normalised expression (n_source, G) of every editor whose model is fitted. Models
     fitted on the counts in ``counts_layer`` edit those counts (their default edit), and their
-    output is rescaled from the model's library size to ``target_sum``, that of X."""
+    output is rescaled from the model's library size to ``target_sum``, that of X (a number, or
+    (n_source,) one per source cell)."""
     import sccbgm
     from sccbgm.access import rescale
 
@@ -332,8 +333,11 @@ def run_task(
     fitted, seconds = fit_models(train, concepts, keys, seed=seed, fit=fit or {}, flow=flow or {},
                                  preset=preset, log=log, counts_layer=counts_layer, groupby=groupby)
     target_sum = None
-    if counts_layer is not None:  # the library size X was normalised to: every cell's expm1(X) sums to it
-        target_sum = float(np.median(np.expm1(x_train[: min(len(x_train), 200)]).sum(axis=1)))
+    if counts_layer is not None:
+        # each source cell's library size in X: its expm1(X) row sum. An edited cell keeps its factual
+        # cell's size factor of X, which holds also where X was normalised over more genes than it keeps
+        # (the prepared files: normalised, then cut to the variable genes)
+        target_sum = np.expm1(x_src).sum(axis=1)
     preds.update(edit_all(fitted, source, task["set"], [e for e in editors if EDITORS[e][0] in models], seed,
                           counts_layer=counts_layer, target_sum=target_sum))
     peer_status: dict[str, str] = {}
@@ -487,8 +491,11 @@ def run_real(
     environment under ``peers_venv``, built on first use unless ``install_peers`` is False.
     ``counts_layer``: fit the in-package models on the raw counts of this layer (the prepared
     files keep them in ``"counts"``) and score their default edit -- for scCBGM the count-space
-    edit a user of raw counts gets -- in X's log-normalised space; None (default): fit on X, as the
-    README's tables. ``groupby``: an obs column the scCBGM is fitted with (the validated default
+    edit a user of raw counts gets; every row, floors and peers included, is then scored in the
+    counts' own log-normalisation over the file's genes (log1p of counts / total x the median
+    total), which replaces X (a prepared X was normalised over all genes before the variable
+    ones were kept, a space a model of the kept counts does not edit in); None (default): fit on
+    X, as the README's tables. ``groupby``: an obs column the scCBGM is fitted with (the validated default
     fits with the cell types; needs ``counts_layer``)."""
     import anndata as ad
 
@@ -511,6 +518,12 @@ def run_real(
             raise SCCBGMError("--groupby calibrates the scCBGM's count-space edit; pass --counts-layer too.")
         if groupby not in adata.obs:
             raise SCCBGMError(f"--groupby {groupby!r} is not an obs column of {data.name}.")
+    if counts_layer is not None:
+        # one space for every row, floors and peers included: the counts' own log-normalisation over the
+        # file's genes, where a model fitted on them edits (a prepared X was normalised over all genes first)
+        from sccbgm.access import lognormalise
+
+        adata.X = lognormalise(adata.layers[counts_layer]).astype(np.float32)
     models = list(models or MODEL_KEYS)
     bad = [m for m in models if m not in MODEL_KEYS]
     if bad:
@@ -551,7 +564,8 @@ def run_real(
         f"flow options {flow_opts or 'preset'}.",
         "In-package models fitted on "
         + (f"the raw counts of `layers[{counts_layer!r}]` and scored with their default edit (scCBGM: in "
-           "count space), rescaled to X's library size" if counts_layer is not None
+           "count space); every row, floors included, is scored in those counts' own log-normalisation "
+           "over the file's genes (to their median total), not in the file's X" if counts_layer is not None
            else "X (log-normalised; scCBGM's default there is the additive, residual-preserving edit)")
         + (f"; scCBGM fitted with `groupby={groupby!r}`." if groupby is not None else "."),
         "Each task: train on every cell not held out, edit the source cells, compare with the real "
