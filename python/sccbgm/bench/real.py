@@ -286,10 +286,11 @@ def run_task(
     """One task at one seed: returns ``{"table": DataFrame, "predictions", "source", "target",
     "train_pcs", "pca", "models", "peer_status"}`` (see the module docstring for the protocol
     and columns); ``peer_status`` maps each peer's label to what it did or why it did not run.
-    ``counts_layer``: a layer of ``adata`` with the raw counts X was log-normalised from (to one
-    library size for all cells); the in-package models are then fitted on those counts and edited
-    with their default edit (for scCBGM: in count space, with its ensemble and any group
-    calibration), scored in X's space. ``groupby``: an obs column the scCBGM is fitted with
+    ``counts_layer``: a layer of ``adata`` with the raw counts X was log-normalised from; the
+    in-package models are then fitted on those counts and edited with their default edit (for
+    scCBGM: in count space, with its ensemble and any group calibration), scored in X's space,
+    each edited cell with its source cell's size factor of X (X normalised over these genes gives
+    every cell the same one; :func:`run_real` makes it so). ``groupby``: an obs column the scCBGM is fitted with
     (:func:`fit_models`)."""
     from sccbgm import metrics as M
     from sccbgm.access import match_obs
@@ -495,8 +496,8 @@ def run_real(
     counts' own log-normalisation over the file's genes (log1p of counts / total x the median
     total), which replaces X (a prepared X was normalised over all genes before the variable
     ones were kept, a space a model of the kept counts does not edit in); None (default): fit on
-    X, as the README's tables. ``groupby``: an obs column the scCBGM is fitted with (the validated default
-    fits with the cell types; needs ``counts_layer``)."""
+    X, as the README's tables. ``groupby``: an obs column the scCBGM is fitted with (the
+    validated default fits with the cell types; needs ``counts_layer``)."""
     import anndata as ad
 
     from sccbgm.bench.peers import PEERS
