@@ -290,8 +290,8 @@ def run_task(
     in-package models are then fitted on those counts and edited with their default edit (for
     scCBGM: in count space, with its ensemble and any group calibration), scored in X's space,
     each edited cell with its source cell's size factor of X (X normalised over these genes gives
-    every cell the same one; :func:`run_real` makes it so). ``groupby``: an obs column the scCBGM is fitted with
-    (:func:`fit_models`)."""
+    every cell the same one; :func:`run_real` makes it so). ``groupby``: an obs column the scCBGM
+    is fitted with (:func:`fit_models`)."""
     from sccbgm import metrics as M
     from sccbgm.access import match_obs
 
@@ -517,8 +517,9 @@ def run_real(
     if groupby is not None:
         if counts_layer is None:
             raise SCCBGMError("--groupby calibrates the scCBGM's count-space edit; pass --counts-layer too.")
-        if groupby not in adata.obs:
-            raise SCCBGMError(f"--groupby {groupby!r} is not an obs column of {data.name}.")
+        from sccbgm.groups import check_groupby
+
+        check_groupby(groupby, adata.obs, "sccbgm", "counts")  # before any fit
     if counts_layer is not None:
         # one space for every row, floors and peers included: the counts' own log-normalisation over the
         # file's genes, where a model fitted on them edits (a prepared X was normalised over all genes first)

@@ -188,13 +188,15 @@ def validate(
         counts_layer = "counts"
     del raw
     spec = {"concepts": [{"name": c} for c in concepts]}
+    fit = {k: v for k, v in fit_options.items() if k != "groupby"}  # groupby: run_task's own argument
     frames = []
     for i, g in enumerate(eligible, 1):
         say(progress, f"validate: {group}={g} ({i}/{len(eligible)}): fit without its {dict(edit)} cells, edit, score")
         task = {"name": f"{group}={g}", "holdout": {group: g, **edit}, "source": {group: g, **src_state},
                 "target": {group: g, **edit}, "set": dict(edit), "group_key": None}
-        res = run_task(work, spec, task, seed=seed, models=["sccbgm"], editors=[MODEL_EDITOR], fit=fit_options,
-                       preset=preset, n_eval_pcs=n_eval_pcs, log=lambda m: say(progress, m), counts_layer=counts_layer)
+        res = run_task(work, spec, task, seed=seed, models=["sccbgm"], editors=[MODEL_EDITOR], fit=fit,
+                       preset=preset, n_eval_pcs=n_eval_pcs, log=lambda m: say(progress, m), counts_layer=counts_layer,
+                       groupby=fit_options.get("groupby"))
         rows = res["table"]
         rows = rows[rows["group"] == ALL_GROUPS].assign(group=g)
         frames.append(rows)
