@@ -71,11 +71,19 @@ def kang_bench(tmp_path_factory):
 
 
 def test_bench_real_writes_the_report(kang_bench):
-    _, out = kang_bench
+    data, out = kang_bench
     for name in ("report.md", "results.csv", "summary.csv", "ratios.png", "embedding.png"):
         assert (out / name).is_file(), name
     text = (out / "report.md").read_text()
     assert f"## {TASK}" in text and "no edit" in text and "mean shift (other types)" in text
+    # each group's cell numbers, counted from the prepared labels (the rows depend on them)
+    a, spec = read_prepared(data / "kang2018_tasks.json")
+    groups = next(t for t in spec["tasks"] if t["name"] == TASK)["groups"]
+    mono = a.obs[a.obs["cell_type"] == "CD14+Mono"]
+    counts = pd.crosstab(mono["subtype"].astype(str), mono["condition"].astype(str))
+    assert 2 <= len(groups) < len(counts)  # the task scores only the subtypes large enough in both states
+    want = ", ".join(f"{g} ({counts.loc[g, 'ctrl']} / {counts.loc[g, 'stim']})" for g in groups)
+    assert f"Groups (source / target cells): {want}." in text
 
 
 def test_bench_real_table_has_floors_and_subtype_rows(kang_bench):

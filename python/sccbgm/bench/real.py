@@ -427,6 +427,15 @@ PEER_NOTES = {
 }
 
 
+def _group_sizes(rows: pd.DataFrame) -> str:
+    """``"g (n_source / n_target), ..."`` of a task's scored groups (one seed's rows), or ``""``
+    without groups."""
+    first = rows[rows["seed"] == rows["seed"].iloc[0]].drop_duplicates("group")
+    first = first[first["group"] != ALL_GROUPS]
+    return ", ".join(f"{g} ({s} / {t})" for g, s, t in
+                     zip(first["group"], first["n_source"], first["n_target"], strict=True))
+
+
 def write_report(table: pd.DataFrame, out: Path, *, title: str, notes: Sequence[str] = (),
                  last: Mapping[str, Any] | None = None, peer_status: Mapping[str, Sequence[str]] | None = None) -> Path:
     """``report.md`` + ``summary.csv`` + PNGs for a results table of :func:`run_task` rows."""
@@ -439,6 +448,10 @@ def write_report(table: pd.DataFrame, out: Path, *, title: str, notes: Sequence[
         shown = report.mean_sem(sub, ["editor"], [c for c in METRICS if sub[c].notna().any()])
         mean = sub.groupby("editor", sort=False)[list(METRICS)].mean().reset_index()
         lines += [f"## {task}", "", report.markdown_table(shown), ""]
+        sizes = _group_sizes(table[table["task"] == task])
+        if sizes:
+            lines += [f"Groups (source / target cells): {sizes}. The group-level rows depend on these "
+                      "labels; compare runs only on identical groups.", ""]
         models = [e for e in mean["editor"] if e not in report.TRIVIAL]
         for metric in ("rmmd", "mean_dist"):
             means = dict(zip(mean["editor"], mean[metric], strict=True))
